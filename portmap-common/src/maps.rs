@@ -1,0 +1,221 @@
+//! Map names, sizes, and the layout of every key and value.
+//!
+//! The eBPF side declares each map as a static whose identifier is the name below; the loader
+//! finds maps by these names, and the test that loads the real object checks that every name
+//! here exists in it, so a rename on one side fails a test instead of a deployment.
+
+use core::mem::size_of;
+
+/// Names of the maps in the eBPF object.
+pub mod names {
+    /// `HashMap<BindingKeyV4, BindingV4>`: published ports.
+    pub const BINDINGS_V4: &str = "BINDINGS_V4";
+    /// `HashMap<[u8; 4], u32>`: the host's own IPv4 addresses (network order), which a wildcard
+    /// binding covers; the value is unused.
+    pub const LOCAL_V4: &str = "LOCAL_V4";
+    /// `LruHashMap<FlowKeyV4, FlowV4>`: translated flows, keyed as the container's replies look.
+    pub const FLOWS_V4: &str = "FLOWS_V4";
+    /// `PerCpuArray<BindingStats>`: per-binding counters, indexed by [`super::BindingV4::id`].
+    pub const BINDING_STATS: &str = "BINDING_STATS";
+    /// `PerCpuArray<u64>`: why packets went the way they did, indexed by [`crate::Reason`].
+    pub const REASON_STATS: &str = "REASON_STATS";
+
+    /// Every map the loader expects to find.
+    pub const ALL: [&str; 5] = [BINDINGS_V4, LOCAL_V4, FLOWS_V4, BINDING_STATS, REASON_STATS];
+}
+
+/// Names of the programs in the eBPF object (the Rust function names).
+pub mod programs {
+    /// XDP on the uplink: client → host_ip:host_port becomes client → container_ip:port.
+    pub const XDP_UPLINK: &str = "xdp_uplink";
+    /// TC ingress on the uplink: hands what `xdp_uplink` translated straight to the bridge.
+    pub const TC_FORWARD: &str = "tc_forward";
+    /// TC ingress on the bridge: container replies get host_ip:host_port back as source.
+    pub const TC_REPLY: &str = "tc_reply";
+
+    pub const ALL: [&str; 3] = [XDP_UPLINK, TC_FORWARD, TC_REPLY];
+}
+
+/// Published ports the kernel can hold. Docker hosts with tens of thousands of published ports
+/// exist; a binding costs ~16 B of hash entry plus its per-CPU counters.
+pub const MAX_BINDINGS: u32 = 65_536;
+
+/// Local addresses a wildcard binding can match.
+pub const MAX_LOCAL_ADDRS: u32 = 1_024;
+
+/// Translated flows remembered for the reverse path. An LRU as large as Cilium's and Katran's
+/// default connection tables: a full table evicts the least recently used flow, never fails.
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// Where a client sends: the key of [`names::BINDINGS_V4`].
+///
+/// An all-zero `addr` is the wildcard binding (`0.0.0.0`, Docker's empty `HostIp`); lookups try
+/// the exact address first, then the wildcard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BindingKeyV4 {
+    /// Host address, network byte order; `[0; 4]` for the wildcard.
+    pub addr: [u8; 4],
+    /// Host port, network byte order.
+    pub port: [u8; 2],
+    /// [`crate::proto::TCP`] or [`crate::proto::UDP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Where a binding sends: the value of [`names::BINDINGS_V4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BindingV4 {
+    /// Container address, network byte order.
+    pub addr: [u8; 4],
+    /// Container port, network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Index into [`names::BINDING_STATS`]; the loader hands them out and zeroes the slot.
+    pub id: u32,
+    /// The bridge the container hangs off (host order); translated packets are sent there.
+    pub egress_ifindex: u32,
+}
+
+/// A translated flow as the container's reply shows it: the key of [`names::FLOWS_V4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKeyV4 {
+    /// Reply source: the container, network byte order.
+    pub container_addr: [u8; 4],
+    /// Reply destination: the client, network byte order.
+    pub client_addr: [u8; 4],
+    /// Network byte order.
+    pub container_port: [u8; 2],
+    /// Network byte order.
+    pub client_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What a reply's source must become, and what to charge it to: the value of
+/// [`names::FLOWS_V4`].
+///
+/// Keeping the exact host address and port the client used (rather than reversing the binding)
+/// is what lets one container behind two host ports (`8080:80`, `9090:80`) answer each flow
+/// through the port it came in on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowV4 {
+    /// The address the client sent to, network byte order (never the wildcard).
+    pub host_addr: [u8; 4],
+    /// The port the client sent to, network byte order.
+    pub host_port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// The binding the flow came in through (host order); its counters take the replies.
+    pub binding_id: u32,
+    /// Where the client's packets arrived (host order); replies leave the same way.
+    pub ingress_ifindex: u32,
+}
+
+/// Per-binding counters, one slot per CPU: the value of [`names::BINDING_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BindingStats {
+    /// Client → container packets translated.
+    pub to_container_packets: u64,
+    /// Their bytes, Ethernet frame included.
+    pub to_container_bytes: u64,
+    /// Container → client replies translated.
+    pub to_client_packets: u64,
+    /// Their bytes, from the IP header on (TC sees no Ethernet header of ours).
+    pub to_client_bytes: u64,
+}
+
+impl BindingStats {
+    /// Adds another CPU's slot.
+    pub fn add(&mut self, other: &Self) {
+        let Self {
+            to_container_packets,
+            to_container_bytes,
+            to_client_packets,
+            to_client_bytes,
+        } = other;
+        self.to_container_packets += to_container_packets;
+        self.to_container_bytes += to_container_bytes;
+        self.to_client_packets += to_client_packets;
+        self.to_client_bytes += to_client_bytes;
+    }
+}
+
+/// What `xdp_uplink` leaves in front of a translated frame for `tc_forward`.
+///
+/// XDP cannot send to a bridge (no `ndo_xdp_xmit`), so the frame goes up as `XDP_PASS`; this
+/// note lets the TC program on the same device hand it to the bridge without a second lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct XdpMeta {
+    /// [`XDP_META_MAGIC`]; anything else is not ours.
+    pub magic: u32,
+    /// Host order.
+    pub egress_ifindex: u32,
+}
+
+/// "pmap" — marks [`XdpMeta`] as written by `xdp_uplink`.
+pub const XDP_META_MAGIC: u32 = 0x706d_6170;
+
+const _: () = assert!(size_of::<BindingKeyV4>() == 8);
+const _: () = assert!(size_of::<BindingV4>() == 16);
+const _: () = assert!(size_of::<FlowKeyV4>() == 16);
+const _: () = assert!(size_of::<FlowV4>() == 16);
+const _: () = assert!(size_of::<BindingStats>() == 32);
+const _: () = assert!(size_of::<XdpMeta>() == 8);
+
+impl BindingKeyV4 {
+    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port: port.to_be_bytes(),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The same port and protocol on every local address.
+    pub const fn wildcard(self) -> Self {
+        Self {
+            addr: [0; 4],
+            ..self
+        }
+    }
+}
+
+impl BindingV4 {
+    pub const fn new(addr: [u8; 4], port: u16, id: u32, egress_ifindex: u32) -> Self {
+        Self {
+            addr,
+            port: port.to_be_bytes(),
+            _pad: [0; 2],
+            id,
+            egress_ifindex,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`, made only of integers and byte arrays, with every
+    // padding byte spelled out as a field (the size asserts above pin that), so any bit pattern
+    // is valid and none is uninitialised.
+    unsafe impl aya::Pod for super::BindingKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BindingV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BindingStats {}
+}

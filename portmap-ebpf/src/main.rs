@@ -1,0 +1,56 @@
+//! portmap's kernel side. A packet's path, one file each:
+//!
+//! - client → container: [`xdp_uplink`] (parse → lookup → rewrite → record), then
+//!   [`tc_forward`] on the same uplink hands it to the bridge;
+//! - container → client: [`tc_reply`] on the bridge (parse → flow lookup → rewrite back).
+//!
+//! The entry points below only run those and count why.
+#![no_std]
+#![no_main]
+
+mod flow;
+mod lookup;
+mod maps;
+mod parse;
+mod rewrite;
+mod stats;
+mod tc_forward;
+mod tc_reply;
+mod xdp_uplink;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+#[xdp]
+pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    stats::count(xdp_uplink::run(&ctx));
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn tc_forward(ctx: TcContext) -> i32 {
+    let verdict = tc_forward::run(&ctx);
+    stats::count(verdict.reason);
+    verdict.action
+}
+
+#[classifier]
+pub fn tc_reply(ctx: TcContext) -> i32 {
+    let verdict = tc_reply::run(&ctx);
+    stats::count(verdict.reason);
+    verdict.action
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
