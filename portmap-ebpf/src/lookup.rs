@@ -11,7 +11,7 @@ use crate::maps::{BINDINGS_V4, FLOWS_V4, LOCAL_V4};
 pub fn binding(key: BindingKeyV4) -> Option<BindingV4> {
     // SAFETY: the value is copied out at once; a concurrent update frees the old entry only
     // after an RCU grace period (the map is not preallocated).
-    if let Some(found) = unsafe { BINDINGS_V4.get(&key) } {
+    if let Some(found) = unsafe { BINDINGS_V4.get(key) } {
         return Some(*found);
     }
     // SAFETY: as above.

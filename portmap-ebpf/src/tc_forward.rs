@@ -35,7 +35,7 @@ pub fn run(ctx: &TcContext) -> Verdict {
     if rewrite::v4_ttl_decrement(ctx, ip, parse::ETH_HLEN).is_err() {
         return Verdict {
             reason: Reason::FwdNotOurs,
-            action: TC_ACT_SHOT as i32,
+            action: TC_ACT_SHOT,
         };
     }
     Verdict {
@@ -68,6 +68,6 @@ pub fn redirect_neigh(ifindex: u32) -> i32 {
 pub fn pass(reason: Reason) -> Verdict {
     Verdict {
         reason,
-        action: TC_ACT_OK as i32,
+        action: TC_ACT_OK,
     }
 }

@@ -53,7 +53,7 @@ pub fn run(ctx: &TcContext) -> Verdict {
         );
         return Verdict {
             reason: Reason::ReplyDropWriteFailed,
-            action: TC_ACT_SHOT as i32,
+            action: TC_ACT_SHOT,
         };
     }
     stats::to_client(flow.binding_id, ctx.len() as u64);

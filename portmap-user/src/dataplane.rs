@@ -278,7 +278,7 @@ fn kernel_entry(entry: &Published, bridge_index: u32) -> (BindingKeyV4, BindingV
 }
 
 /// A map of the object as its typed view, or an error naming it.
-fn typed<'a, M, T>(map: Option<M>, name: &str) -> anyhow::Result<T>
+fn typed<M, T>(map: Option<M>, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<M, Error = aya::maps::MapError>,
 {

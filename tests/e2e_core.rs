@@ -1,0 +1,322 @@
+//! End to end: a LAN client, a Docker-like host and containers in namespaces, the real `portmap`
+//! binary, real TCP and UDP. Every server reports whom it saw, so each test checks where a
+//! request went and the source address the container saw.
+//!
+//! Scenario ids (S1...) are those of SCENARIOS.md.
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use portmap_tests::{
+    process::{Portmap, require_root},
+    servers::{self, Answer},
+    topology::{BRIDGE, CLIENT_IP, DockerHost, HOST_IP, Options, UPLINK},
+};
+
+fn start(host: &DockerHost, publish: &[&str]) -> Portmap {
+    let mut args = vec!["--iface", UPLINK, "--bridge", BRIDGE];
+    for spec in publish {
+        args.extend(["--publish", spec]);
+    }
+    Portmap::start(&host.host, &args).expect("portmap run starts")
+}
+
+fn topology(options: &Options<'_>) -> DockerHost {
+    require_root();
+    DockerHost::build(options).expect("building the namespace topology")
+}
+
+/// The stats line of a binding, split into its numbers.
+fn counters(stats: &str, binding: &str) -> Vec<u64> {
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(binding))
+        .unwrap_or_else(|| panic!("no stats line for {binding} in\n{stats}"));
+    line.split_whitespace()
+        .skip(3)
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+// S1: a LAN client's TCP request to host:published reaches the container, which sees the
+// client's own address; the reply completes the handshake from host:published.
+#[test]
+fn s1_tcp_lan_client_reaches_container_with_its_own_source() {
+    let net = topology(&Options::default());
+    let c1 = &net.containers[0];
+    let _server = servers::tcp(&c1.ns, "c1", 80).unwrap();
+    let portmap = start(&net, &["8080:80=172.17.0.2"]);
+
+    let answer = net
+        .client
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, 8080)))
+        .expect("an answer through host:8080");
+    assert_eq!(answer.server, "c1");
+    assert_eq!(
+        *answer.saw.ip(),
+        CLIENT_IP,
+        "the container sees the client's real address"
+    );
+
+    let stats = portmap.stats(&net.host).unwrap();
+    let n = counters(&stats, "0.0.0.0:8080/tcp");
+    assert!(
+        n[0] >= 3 && n[2] >= 2,
+        "packets both ways are counted: {stats}"
+    );
+    assert!(stats.contains("tc_forward.redirected"), "{stats}");
+    let out = portmap.stop().unwrap();
+    assert!(out.status.success(), "clean exit on SIGTERM: {out:?}");
+}
+
+// S2: UDP to a /udp binding, for many flows from several client addresses and ports; every
+// reply comes from exactly host:published, and the container saw each flow's own source.
+#[test]
+fn s2_udp_many_flows_each_answered_from_the_published_port() {
+    let net = topology(&Options {
+        extra_client_addrs: 3,
+        ..Options::default()
+    });
+    let c2 = &net.containers[1];
+    let _server = servers::udp(&c2.ns, "c2", 53).unwrap();
+    let _portmap = start(&net, &["5353:53/udp=172.17.0.3"]);
+    let published = SocketAddrV4::new(HOST_IP, 5353);
+
+    let flows: Vec<SocketAddrV4> = net
+        .client_addrs
+        .iter()
+        .flat_map(|&addr| (0..64).map(move |i| SocketAddrV4::new(addr, 20000 + i)))
+        .collect();
+    let results = net.client.run(|| {
+        flows
+            .iter()
+            .map(|&from| servers::udp_ask(from, published).map(|r| (from, r)))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let results = results.expect("every flow answered");
+    assert_eq!(results.len(), 256);
+    for (from, (answer, source)) in results {
+        assert_eq!(
+            source,
+            SocketAddr::V4(published),
+            "reply source for flow {from}"
+        );
+        assert_eq!(
+            answer,
+            Answer {
+                server: "c2".into(),
+                saw: from
+            },
+            "flow {from}"
+        );
+    }
+}
+
+// S3: an unpublished port is not translated (the host refuses it), and under Docker's rules a
+// LAN client cannot reach a container's address directly.
+#[test]
+fn s3_unpublished_port_and_direct_container_address_are_not_translated() {
+    let net = topology(&Options {
+        docker_rules: true,
+        ..Options::default()
+    });
+    let c1 = &net.containers[0];
+    let _server = servers::tcp(&c1.ns, "c1", 80).unwrap();
+    let portmap = start(&net, &["8080:80=172.17.0.2"]);
+
+    let refused = net
+        .client
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, 8081)))
+        .expect_err("nothing listens on host:8081");
+    assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
+
+    let direct = net
+        .client
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(c1.addr, 80)))
+        .expect_err("Docker's isolation rule drops direct access");
+    assert!(format!("{direct:#}").contains("timed out"), "{direct:#}");
+
+    let stats = portmap.stats(&net.host).unwrap();
+    assert!(
+        !stats.contains("xdp.translated"),
+        "nothing was translated:\n{stats}"
+    );
+    assert!(stats.contains("xdp.pass.no_binding"), "{stats}");
+}
+
+// S4: two services listen on the same container port behind different host ports; each host
+// port reaches its own container.
+#[test]
+fn s4_two_services_same_container_port_each_reached_by_its_host_port() {
+    let net = topology(&Options {
+        containers: &["frontend", "backend"],
+        ..Options::default()
+    });
+    let _front = servers::tcp(&net.container("frontend").ns, "frontend", 8000).unwrap();
+    let _back = servers::tcp(&net.container("backend").ns, "backend", 8000).unwrap();
+    let _portmap = start(&net, &["8000:8000=172.17.0.2", "5000:8000=172.17.0.3"]);
+
+    for (port, expected) in [(8000, "frontend"), (5000, "backend"), (8000, "frontend")] {
+        let answer = net
+            .client
+            .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, port)))
+            .unwrap_or_else(|e| panic!("host:{port}: {e:#}"));
+        assert_eq!(answer.server, expected, "host:{port}");
+        assert_eq!(*answer.saw.ip(), CLIENT_IP);
+    }
+}
+
+// S5: one container behind two host ports; a reply leaves through the port its flow came in
+// on. UDP makes it visible: the client's socket checks each reply's source.
+#[test]
+fn s5_one_container_two_host_ports_replies_keep_their_port() {
+    let net = topology(&Options::default());
+    let c1 = &net.containers[0];
+    let _udp = servers::udp(&c1.ns, "c1", 80).unwrap();
+    let _tcp = servers::tcp(&c1.ns, "c1", 80).unwrap();
+    let _portmap = start(
+        &net,
+        &[
+            "8080:80/udp=172.17.0.2",
+            "9090:80/udp=172.17.0.2",
+            "8080:80=172.17.0.2",
+            "9090:80=172.17.0.2",
+        ],
+    );
+
+    for (i, port) in [8080, 9090, 8080, 9090].into_iter().enumerate() {
+        let to = SocketAddrV4::new(HOST_IP, port);
+        let from = SocketAddrV4::new(CLIENT_IP, 30000 + i as u16);
+        let (answer, source) = net.client.run(|| servers::udp_ask(from, to)).unwrap();
+        assert_eq!(
+            source,
+            SocketAddr::V4(to),
+            "UDP reply source for a flow to {port}"
+        );
+        assert_eq!(answer.saw, from);
+        let answer = net.client.run(|| servers::tcp_ask(None, to)).unwrap();
+        assert_eq!(answer.server, "c1", "TCP through {port}");
+    }
+}
+
+// S9: container to container by address is untouched, even with a binding on that port: the
+// target sees the caller's own address.
+#[test]
+fn s9_container_to_container_direct_is_untouched() {
+    let net = topology(&Options::default());
+    let (c1, c2) = (&net.containers[0], &net.containers[1]);
+    let _server = servers::tcp(&c2.ns, "c2", 80).unwrap();
+    let portmap = start(&net, &["80:80=172.17.0.3"]);
+
+    let answer = c1
+        .ns
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(c2.addr, 80)))
+        .unwrap();
+    assert_eq!(answer.server, "c2");
+    assert_eq!(*answer.saw.ip(), c1.addr, "source kept");
+    let stats = portmap.stats(&net.host).unwrap();
+    assert!(!stats.contains("tc_reply.translated"), "{stats}");
+}
+
+// 200 TCP connections open at once, from several client addresses, each answered by the
+// container with its own source address.
+#[test]
+fn tcp_200_concurrent_connections_all_answered() {
+    let net = topology(&Options {
+        extra_client_addrs: 3,
+        ..Options::default()
+    });
+    let c1 = &net.containers[0];
+    let _server = servers::tcp(&c1.ns, "c1", 80).unwrap();
+    let portmap = start(&net, &["8080:80=172.17.0.2"]);
+    let to = SocketAddrV4::new(HOST_IP, 8080);
+    let addrs = net.client_addrs.clone();
+
+    let answers = net
+        .client
+        .run(|| -> anyhow::Result<Vec<(SocketAddr, Answer)>> {
+            let mut conns = Vec::new();
+            for i in 0..200 {
+                conns.push(servers::tcp_connect(Some(addrs[i % addrs.len()]), to)?);
+            }
+            conns
+                .iter_mut()
+                .map(|c| Ok((c.local_addr()?, servers::tcp_ask_on(c)?)))
+                .collect()
+        });
+    let answers = answers.expect("200 concurrent connections answered");
+    assert_eq!(answers.len(), 200);
+    for (local, answer) in &answers {
+        assert_eq!(answer.server, "c1");
+        assert_eq!(
+            SocketAddr::V4(answer.saw),
+            *local,
+            "the container saw this connection's source"
+        );
+    }
+    let stats = portmap.stats(&net.host).unwrap();
+    let flows: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("flows: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(flows >= 200, "one flow per connection: {stats}");
+}
+
+// With Docker's filter rules in place (FORWARD policy DROP, no per-port ACCEPT) and Docker's
+// default checksum offload in the containers, translated traffic still reaches the container
+// and comes back, TCP and UDP, while the rules keep dropping direct access.
+#[test]
+fn docker_rules_translated_traffic_flows_while_direct_access_is_dropped() {
+    let net = topology(&Options {
+        docker_rules: true,
+        container_csum_offload: true,
+        ..Options::default()
+    });
+    let c1 = &net.containers[0];
+    let _tcp = servers::tcp(&c1.ns, "c1", 80).unwrap();
+    let _udp = servers::udp(&c1.ns, "c1", 53).unwrap();
+    let _portmap = start(&net, &["8080:80=172.17.0.2", "5353:53/udp=172.17.0.2"]);
+
+    for _ in 0..20 {
+        let answer = net
+            .client
+            .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, 8080)))
+            .expect("TCP through portmap despite FORWARD DROP");
+        assert_eq!(*answer.saw.ip(), CLIENT_IP);
+    }
+    let from = SocketAddrV4::new(CLIENT_IP, 31000);
+    let (answer, source) = net
+        .client
+        .run(|| servers::udp_ask(from, SocketAddrV4::new(HOST_IP, 5353)))
+        .expect("UDP through portmap despite FORWARD DROP");
+    assert_eq!(answer.saw, from);
+    assert_eq!(source, SocketAddr::V4(SocketAddrV4::new(HOST_IP, 5353)));
+
+    let direct = net.client.run(|| {
+        let to = SocketAddrV4::new(c1.addr, 80);
+        servers::tcp_connect(None, to).map(|_| ())
+    });
+    assert!(
+        direct.is_err(),
+        "the rules are live: direct access to the container is dropped"
+    );
+
+    // The FORWARD chain never saw the translated flows: its DROP policy counter covers only
+    // the direct attempt.
+    let rules = net
+        .host
+        .exec("iptables", &["-L", "DOCKER", "-v", "-n", "-x"])
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let dropped: u64 = rules
+        .lines()
+        .find(|l| l.contains("DROP"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the isolation rule's counter");
+    assert!(
+        (1..10).contains(&dropped),
+        "only the direct SYNs hit the isolation rule:\n{rules}"
+    );
+}
