@@ -12,8 +12,23 @@ use portmap_tests::{
     topology::{BRIDGE, CLIENT_IP, DockerHost, HOST_IP, Options, UPLINK},
 };
 
+/// Where `portmap run` translates on the uplink.
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
 fn start(host: &DockerHost, publish: &[&str]) -> Portmap {
-    let mut args = vec!["--iface", UPLINK, "--bridge", BRIDGE];
+    start_with(host, Hook::Xdp, publish)
+}
+
+fn start_with(host: &DockerHost, hook: Hook, publish: &[&str]) -> Portmap {
+    let hook = match hook {
+        Hook::Xdp => "xdp",
+        Hook::Tc => "tc",
+    };
+    let mut args = vec!["--iface", UPLINK, "--bridge", BRIDGE, "--hook", hook];
     for spec in publish {
         args.extend(["--publish", spec]);
     }
@@ -41,10 +56,20 @@ fn counters(stats: &str, binding: &str) -> Vec<u64> {
 // client's own address; the reply completes the handshake from host:published.
 #[test]
 fn s1_tcp_lan_client_reaches_container_with_its_own_source() {
+    s1(Hook::Xdp);
+}
+
+// S1 with the translation at TC ingress instead of XDP.
+#[test]
+fn s1_tcp_lan_client_reaches_container_with_its_own_source_via_tc_hook() {
+    s1(Hook::Tc);
+}
+
+fn s1(hook: Hook) {
     let net = topology(&Options::default());
     let c1 = &net.containers[0];
     let _server = servers::tcp(&c1.ns, "c1", 80).unwrap();
-    let portmap = start(&net, &["8080:80=172.17.0.2"]);
+    let portmap = start_with(&net, hook, &["8080:80=172.17.0.2"]);
 
     let answer = net
         .client
@@ -63,7 +88,11 @@ fn s1_tcp_lan_client_reaches_container_with_its_own_source() {
         n[0] >= 3 && n[2] >= 2,
         "packets both ways are counted: {stats}"
     );
-    assert!(stats.contains("tc_forward.redirected"), "{stats}");
+    let forwarded_by = match hook {
+        Hook::Xdp => "tc_forward.redirected",
+        Hook::Tc => "uplink.translated",
+    };
+    assert!(stats.contains(forwarded_by), "{stats}");
     let out = portmap.stop().unwrap();
     assert!(out.status.success(), "clean exit on SIGTERM: {out:?}");
 }
@@ -72,13 +101,23 @@ fn s1_tcp_lan_client_reaches_container_with_its_own_source() {
 // reply comes from exactly host:published, and the container saw each flow's own source.
 #[test]
 fn s2_udp_many_flows_each_answered_from_the_published_port() {
+    s2(Hook::Xdp);
+}
+
+// S2 with the translation at TC ingress instead of XDP.
+#[test]
+fn s2_udp_many_flows_each_answered_from_the_published_port_via_tc_hook() {
+    s2(Hook::Tc);
+}
+
+fn s2(hook: Hook) {
     let net = topology(&Options {
         extra_client_addrs: 3,
         ..Options::default()
     });
     let c2 = &net.containers[1];
     let _server = servers::udp(&c2.ns, "c2", 53).unwrap();
-    let _portmap = start(&net, &["5353:53/udp=172.17.0.3"]);
+    let _portmap = start_with(&net, hook, &["5353:53/udp=172.17.0.3"]);
     let published = SocketAddrV4::new(HOST_IP, 5353);
 
     let flows: Vec<SocketAddrV4> = net
@@ -137,10 +176,10 @@ fn s3_unpublished_port_and_direct_container_address_are_not_translated() {
 
     let stats = portmap.stats(&net.host).unwrap();
     assert!(
-        !stats.contains("xdp.translated"),
+        !stats.contains("uplink.translated"),
         "nothing was translated:\n{stats}"
     );
-    assert!(stats.contains("xdp.pass.no_binding"), "{stats}");
+    assert!(stats.contains("uplink.pass.no_binding"), "{stats}");
 }
 
 // S4: two services listen on the same container port behind different host ports; each host
@@ -268,15 +307,35 @@ fn tcp_200_concurrent_connections_all_answered() {
 // and comes back, TCP and UDP, while the rules keep dropping direct access.
 #[test]
 fn docker_rules_translated_traffic_flows_while_direct_access_is_dropped() {
+    docker_rules(Hook::Xdp);
+}
+
+// The same beside Docker's rules, with the translation at TC ingress; the client keeps its
+// checksum offload too, which only the TC hook's checksum helpers can follow.
+#[test]
+fn docker_rules_translated_traffic_flows_while_direct_access_is_dropped_via_tc_hook() {
+    docker_rules(Hook::Tc);
+}
+
+fn docker_rules(hook: Hook) {
     let net = topology(&Options {
         docker_rules: true,
         container_csum_offload: true,
         ..Options::default()
     });
+    if matches!(hook, Hook::Tc) {
+        net.client
+            .exec("ethtool", &["-K", "eth0", "tx", "on"])
+            .unwrap();
+    }
     let c1 = &net.containers[0];
     let _tcp = servers::tcp(&c1.ns, "c1", 80).unwrap();
     let _udp = servers::udp(&c1.ns, "c1", 53).unwrap();
-    let _portmap = start(&net, &["8080:80=172.17.0.2", "5353:53/udp=172.17.0.2"]);
+    let _portmap = start_with(
+        &net,
+        hook,
+        &["8080:80=172.17.0.2", "5353:53/udp=172.17.0.2"],
+    );
 
     for _ in 0..20 {
         let answer = net

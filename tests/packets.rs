@@ -81,7 +81,7 @@ fn assert_untouched(ran: &Ran, input: &[u8], reason: Reason, dataplane: &Datapla
     );
     assert_eq!(count(dataplane, reason), 1, "{}", reason.name());
     assert_eq!(
-        count(dataplane, Reason::XdpTranslated),
+        count(dataplane, Reason::UplinkTranslated),
         0,
         "nothing translated"
     );
@@ -98,9 +98,13 @@ fn assert_translated(ran: &Ran, input: &V4, to: SocketAddrV4) {
     assert!(seen.ip_check_ok, "IPv4 checksum");
     assert!(seen.l4_check_ok, "L4 checksum {:#06x}", seen.l4_check);
     assert_eq!(seen.payload, input.payload, "payload");
-    let meta = ran.meta.expect("a forwarding note for tc_forward");
-    assert_eq!(meta.magic, XDP_META_MAGIC);
-    assert_eq!(meta.egress_ifindex, BRIDGE_INDEX);
+    // Kernels before 5.14 cannot show XDP metadata from a test run (see `testrun::xdp`); the
+    // note is checked wherever the kernel reports it.
+    if ran.meta_visible {
+        let meta = ran.meta.expect("a forwarding note for tc_forward");
+        assert_eq!(meta.magic, XDP_META_MAGIC);
+        assert_eq!(meta.egress_ifindex, BRIDGE_INDEX);
+    }
 }
 
 // xdp_uplink translates a TCP SYN to a published port.
@@ -110,7 +114,7 @@ fn xdp_v4_tcp_rewrites_dst_when_bound() {
     let syn = V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080));
     let ran = xdp(&mut dp, &syn);
     assert_translated(&ran, &syn, SocketAddrV4::new(C1, 80));
-    assert_eq!(count(&dp, Reason::XdpTranslated), 1);
+    assert_eq!(count(&dp, Reason::UplinkTranslated), 1);
     let stats = dp.binding_stats(0).unwrap();
     assert_eq!(stats.to_container_packets, 1);
     assert_eq!(stats.to_container_bytes, syn.frame().len() as u64);
@@ -209,7 +213,7 @@ fn xdp_v4_tcp_passes_when_wildcard_and_dst_not_local() {
     let mut dp = dataplane(&["8080:80=172.17.0.2"]);
     let frame = V4::tcp_syn(CLIENT, SocketAddrV4::new(NOT_LOCAL, 8080)).frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassNoBinding, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
 // A port no binding publishes passes untouched (S3).
@@ -218,7 +222,7 @@ fn xdp_v4_tcp_passes_on_port_miss() {
     let mut dp = dataplane(&["8080:80=172.17.0.2"]);
     let frame = V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8081)).frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassNoBinding, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
 // The right port on an address the binding is not published on passes untouched.
@@ -227,7 +231,7 @@ fn xdp_v4_tcp_passes_on_address_miss() {
     let mut dp = dataplane(&["198.51.100.1:8080:80=172.17.0.2"]);
     let frame = V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST_2, 8080)).frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassNoBinding, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
 // The protocol is part of the binding: UDP to a TCP-only port passes.
@@ -236,7 +240,7 @@ fn xdp_v4_udp_passes_when_only_tcp_bound() {
     let mut dp = dataplane(&["8080:80=172.17.0.2"]);
     let frame = V4::udp(CLIENT, SocketAddrV4::new(HOST, 8080), b"x").frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassNoBinding, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
 // A crafted packet to 127.0.0.1 from the wire never reaches a loopback-only binding (S6).
@@ -245,7 +249,7 @@ fn xdp_v4_tcp_passes_loopback_dst_even_when_bound() {
     let mut dp = dataplane(&["127.0.0.1:5000:5000=172.17.0.2"]);
     let frame = V4::tcp_syn(CLIENT, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5000)).frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassNoBinding, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
 // IPv4 options are refused up front and pass untouched.
@@ -258,7 +262,7 @@ fn xdp_v4_tcp_passes_ip_options_untouched() {
     }
     .frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassIpOptions, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassIpOptions, &dp);
 }
 
 // One 802.1Q tag: the inner IPv4 is translated; no note, the VLAN device routes it.
@@ -280,7 +284,7 @@ fn xdp_v4_tcp_rewrites_inside_one_vlan_tag() {
     assert_eq!(seen.dst, SocketAddrV4::new(C1, 80));
     assert!(seen.ip_check_ok && seen.l4_check_ok, "checksums");
     assert_eq!(ran.meta, None, "tagged frames are left to the stack");
-    assert_eq!(count(&dp, Reason::XdpTranslated), 1);
+    assert_eq!(count(&dp, Reason::UplinkTranslated), 1);
 }
 
 // ARP is not IP and passes untouched.
@@ -289,7 +293,7 @@ fn xdp_arp_passes_untouched() {
     let mut dp = dataplane(&["8080:80=172.17.0.2"]);
     let frame = packet::arp_request(*CLIENT.ip(), HOST);
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassNotIp, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNotIp, &dp);
 }
 
 // IPv6 passes untouched until IPv6 translation lands.
@@ -298,7 +302,7 @@ fn xdp_v6_tcp_passes_untouched() {
     let mut dp = dataplane(&["8080:80=172.17.0.2"]);
     let frame = packet::ipv6_tcp_syn(8080);
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::XdpPassIpv6, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassIpv6, &dp);
 }
 
 // Truncated headers pass untouched: Ethernet, IPv4, TCP and UDP cut short.
@@ -322,8 +326,8 @@ fn xdp_truncated_headers_pass_untouched() {
         let mut dp = dataplane(&["8080:80=172.17.0.2", "5353:5353/udp=172.17.0.2"]);
         let ran = testrun::xdp(&mut dp, frame, 1);
         assert_eq!(ran.frame, frame, "{what}: frame must pass byte for byte");
-        assert_eq!(count(&dp, Reason::XdpPassTruncated), 1, "{what}");
-        assert_eq!(count(&dp, Reason::XdpTranslated), 0, "{what}");
+        assert_eq!(count(&dp, Reason::UplinkPassTruncated), 1, "{what}");
+        assert_eq!(count(&dp, Reason::UplinkTranslated), 0, "{what}");
     }
 }
 
@@ -340,7 +344,7 @@ fn xdp_v4_fragments_pass_untouched() {
         .frame();
         let ran = testrun::xdp(&mut dp, &frame, 1);
         assert_eq!(ran.frame, frame, "{what}");
-        assert_eq!(count(&dp, Reason::XdpPassFragment), 1, "{what}");
+        assert_eq!(count(&dp, Reason::UplinkPassFragment), 1, "{what}");
     }
 }
 
@@ -481,4 +485,87 @@ fn tc_forward_v4_tcp_passes_without_note() {
     assert_eq!(ran.verdict, TC_ACT_OK);
     assert_eq!(ran.frame, frame);
     assert_eq!(count(&dp, Reason::FwdNotOurs), 1);
+}
+
+/// `tc_uplink` on `packet`: the uplink's translation at TC ingress.
+fn tc_uplink(dataplane: &mut Dataplane, packet: &V4) -> Ran {
+    testrun::tc(dataplane, programs::TC_UPLINK, &packet.frame(), 1)
+}
+
+// tc_uplink translates a TCP SYN, forwards it itself (TTL - 1) and redirects it to the bridge.
+#[test]
+fn tc_uplink_v4_tcp_rewrites_dst_and_redirects_when_bound() {
+    let mut dp = dataplane(&["8080:80=172.17.0.2"]);
+    let syn = V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080));
+    let ran = tc_uplink(&mut dp, &syn);
+    assert_eq!(ran.verdict, TC_ACT_REDIRECT, "verdict");
+    let seen = packet::read(&ran.frame);
+    assert_eq!(seen.dst, SocketAddrV4::new(C1, 80), "destination");
+    assert_eq!(seen.src, CLIENT, "source kept");
+    assert_eq!(seen.ttl, syn.ttl - 1, "forwarded: TTL - 1");
+    assert!(seen.ip_check_ok, "IPv4 checksum");
+    assert!(seen.l4_check_ok, "TCP checksum {:#06x}", seen.l4_check);
+    assert_eq!(count(&dp, Reason::UplinkTranslated), 1);
+    assert_eq!(dp.flows().unwrap().len(), 1, "flow recorded");
+    assert_eq!(dp.binding_stats(0).unwrap().to_container_packets, 1);
+}
+
+// tc_uplink keeps a zero UDP checksum zero.
+#[test]
+fn tc_uplink_v4_udp_keeps_zero_checksum() {
+    let mut dp = dataplane(&["5353:53/udp=172.17.0.3"]);
+    let dgram = V4 {
+        udp_no_checksum: true,
+        ..V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), b"no checksum")
+    };
+    let ran = tc_uplink(&mut dp, &dgram);
+    assert_eq!(ran.verdict, TC_ACT_REDIRECT);
+    let seen = packet::read(&ran.frame);
+    assert_eq!(seen.dst, SocketAddrV4::new(C2, 53));
+    assert_eq!(seen.l4_check, 0, "zero stays zero");
+    assert!(seen.ip_check_ok);
+}
+
+// tc_uplink writes 0xffff where the UDP checksum computes to zero.
+#[test]
+fn tc_uplink_v4_udp_writes_ffff_when_checksum_computes_to_zero() {
+    let mut dp = dataplane(&["5353:53/udp=172.17.0.3"]);
+    let to = SocketAddrV4::new(C2, 53);
+    let dgram = packet::udp_whose_checksum_becomes_zero(
+        &V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), b""),
+        to,
+    );
+    let ran = tc_uplink(&mut dp, &dgram);
+    let seen = packet::read(&ran.frame);
+    assert_eq!(seen.dst, to);
+    assert_eq!(seen.l4_check, 0xffff);
+    assert!(seen.ip_check_ok);
+}
+
+// tc_uplink leaves a port no binding publishes untouched, to the stack.
+#[test]
+fn tc_uplink_v4_tcp_passes_on_port_miss() {
+    let mut dp = dataplane(&["8080:80=172.17.0.2"]);
+    let frame = V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8081)).frame();
+    let ran = testrun::tc(&mut dp, programs::TC_UPLINK, &frame, 1);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    assert_eq!(ran.frame, frame, "frame must pass byte for byte");
+    assert_eq!(count(&dp, Reason::UplinkPassNoBinding), 1);
+}
+
+// A packet whose TTL would expire is translated but left to the stack, which sends the ICMP
+// time exceeded as it would after Docker's DNAT.
+#[test]
+fn tc_uplink_v4_tcp_passes_translated_when_ttl_expires() {
+    let mut dp = dataplane(&["8080:80=172.17.0.2"]);
+    let syn = V4 {
+        ttl: 1,
+        ..V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080))
+    };
+    let ran = tc_uplink(&mut dp, &syn);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    let seen = packet::read(&ran.frame);
+    assert_eq!(seen.dst, SocketAddrV4::new(C1, 80));
+    assert_eq!(seen.ttl, 1, "not decremented: the stack does that");
+    assert!(seen.ip_check_ok && seen.l4_check_ok);
 }

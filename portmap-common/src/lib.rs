@@ -12,6 +12,13 @@ pub mod reason;
 pub use maps::*;
 pub use reason::Reason;
 
+/// Globals of the eBPF object that the loader sets before loading, by name.
+pub mod globals {
+    /// `u32`, 1 when the kernel's `bpf_redirect_neigh` takes a next hop (5.11 and later);
+    /// 0 makes the programs let the kernel look the route up instead.
+    pub const NEXTHOP_PARAMS: &str = "NEXTHOP_PARAMS";
+}
+
 /// IP protocol numbers as they appear in the IPv4 `protocol` field.
 pub mod proto {
     pub const TCP: u8 = 6;

@@ -10,9 +10,6 @@ use core::mem::size_of;
 pub mod names {
     /// `HashMap<BindingKeyV4, BindingV4>`: published ports.
     pub const BINDINGS_V4: &str = "BINDINGS_V4";
-    /// `HashMap<[u8; 4], u32>`: the host's own IPv4 addresses (network order), which a wildcard
-    /// binding covers; the value is unused.
-    pub const LOCAL_V4: &str = "LOCAL_V4";
     /// `LruHashMap<FlowKeyV4, FlowV4>`: translated flows, keyed as the container's replies look.
     pub const FLOWS_V4: &str = "FLOWS_V4";
     /// `PerCpuArray<BindingStats>`: per-binding counters, indexed by [`super::BindingV4::id`].
@@ -21,7 +18,7 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
 
     /// Every map the loader expects to find.
-    pub const ALL: [&str; 5] = [BINDINGS_V4, LOCAL_V4, FLOWS_V4, BINDING_STATS, REASON_STATS];
+    pub const ALL: [&str; 4] = [BINDINGS_V4, FLOWS_V4, BINDING_STATS, REASON_STATS];
 }
 
 /// Names of the programs in the eBPF object (the Rust function names).
@@ -30,18 +27,20 @@ pub mod programs {
     pub const XDP_UPLINK: &str = "xdp_uplink";
     /// TC ingress on the uplink: hands what `xdp_uplink` translated straight to the bridge.
     pub const TC_FORWARD: &str = "tc_forward";
+    /// TC ingress on the uplink, instead of the two above: translates and forwards itself.
+    pub const TC_UPLINK: &str = "tc_uplink";
     /// TC ingress on the bridge: container replies get host_ip:host_port back as source.
     pub const TC_REPLY: &str = "tc_reply";
 
-    pub const ALL: [&str; 3] = [XDP_UPLINK, TC_FORWARD, TC_REPLY];
+    pub const ALL: [&str; 4] = [XDP_UPLINK, TC_FORWARD, TC_UPLINK, TC_REPLY];
 }
 
-/// Published ports the kernel can hold. Docker hosts with tens of thousands of published ports
-/// exist; a binding costs ~16 B of hash entry plus its per-CPU counters.
+/// Published ports the kernel can count, each with its own per-CPU counter slot. Docker hosts
+/// with tens of thousands of published ports exist.
 pub const MAX_BINDINGS: u32 = 65_536;
 
-/// Local addresses a wildcard binding can match.
-pub const MAX_LOCAL_ADDRS: u32 = 1_024;
+/// Keys in [`names::BINDINGS_V4`]: a wildcard binding takes one per local address.
+pub const MAX_BINDING_KEYS: u32 = 262_144;
 
 /// Translated flows remembered for the reverse path. An LRU as large as Cilium's and Katran's
 /// default connection tables: a full table evicts the least recently used flow, never fails.
@@ -49,13 +48,14 @@ pub const MAX_FLOWS: u32 = 262_144;
 
 /// Where a client sends: the key of [`names::BINDINGS_V4`].
 ///
-/// An all-zero `addr` is the wildcard binding (`0.0.0.0`, Docker's empty `HostIp`); lookups try
-/// the exact address first, then the wildcard.
-#[repr(C)]
+/// Always a specific address: the loader publishes a wildcard binding (`0.0.0.0`, Docker's
+/// empty `HostIp`) as one key per local address, so the kernel does one exact lookup per packet
+/// and a wildcard matches only the host's own addresses, as Docker's `--dst-type LOCAL` does.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BindingKeyV4 {
-    /// Host address, network byte order; `[0; 4]` for the wildcard.
+    /// Host address, network byte order.
     pub addr: [u8; 4],
     /// Host port, network byte order.
     pub port: [u8; 2],
@@ -65,7 +65,7 @@ pub struct BindingKeyV4 {
 }
 
 /// Where a binding sends: the value of [`names::BINDINGS_V4`].
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BindingV4 {
@@ -81,7 +81,7 @@ pub struct BindingV4 {
 }
 
 /// A translated flow as the container's reply shows it: the key of [`names::FLOWS_V4`].
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKeyV4 {
@@ -103,7 +103,7 @@ pub struct FlowKeyV4 {
 /// Keeping the exact host address and port the client used (rather than reversing the binding)
 /// is what lets one container behind two host ports (`8080:80`, `9090:80`) answer each flow
 /// through the port it came in on.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowV4 {
@@ -166,6 +166,8 @@ pub struct XdpMeta {
 /// "pmap" — marks [`XdpMeta`] as written by `xdp_uplink`.
 pub const XDP_META_MAGIC: u32 = 0x706d_6170;
 
+// Keys and values are 4-byte aligned (`align(4)`) so that the BPF code loads and stores their
+// addresses and ports as words; with byte-array fields alone LLVM would move them byte by byte.
 const _: () = assert!(size_of::<BindingKeyV4>() == 8);
 const _: () = assert!(size_of::<BindingV4>() == 16);
 const _: () = assert!(size_of::<FlowKeyV4>() == 16);
@@ -174,20 +176,17 @@ const _: () = assert!(size_of::<BindingStats>() == 32);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 
 impl BindingKeyV4 {
+    /// Whichever of two keys has the lower address.
+    pub fn min_by_addr(self, other: Self) -> Self {
+        if other.addr < self.addr { other } else { self }
+    }
+
     pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
         Self {
             addr,
             port: port.to_be_bytes(),
             proto,
             _pad: 0,
-        }
-    }
-
-    /// The same port and protocol on every local address.
-    pub const fn wildcard(self) -> Self {
-        Self {
-            addr: [0; 4],
-            ..self
         }
     }
 }

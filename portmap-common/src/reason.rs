@@ -25,28 +25,31 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// A client packet hit a binding and was rewritten toward the container.
-    XdpTranslated = "xdp.translated",
+    /// A client packet hit a binding and was rewritten toward the container (by whichever hook
+    /// translates on the uplink: `xdp_uplink` or `tc_uplink`).
+    UplinkTranslated = "uplink.translated",
     /// IPv4 TCP/UDP to an address and port that no binding publishes.
-    XdpPassNoBinding = "xdp.pass.no_binding",
+    UplinkPassNoBinding = "uplink.pass.no_binding",
     /// Not IP at all: ARP, LLDP, ...
-    XdpPassNotIp = "xdp.pass.not_ip",
+    UplinkPassNotIp = "uplink.pass.not_ip",
     /// IPv6 is not translated yet.
-    XdpPassIpv6 = "xdp.pass.ipv6",
+    UplinkPassIpv6 = "uplink.pass.ipv6",
     /// IPv4 options (IHL > 5): passed untouched, so later offsets stay constant.
-    XdpPassIpOptions = "xdp.pass.ip_options",
+    UplinkPassIpOptions = "uplink.pass.ip_options",
     /// A fragment: only a first fragment carries ports, so none is translated yet.
-    XdpPassFragment = "xdp.pass.fragment",
+    UplinkPassFragment = "uplink.pass.fragment",
     /// IPv4 but neither TCP nor UDP.
-    XdpPassNotTcpUdp = "xdp.pass.not_tcp_udp",
+    UplinkPassNotTcpUdp = "uplink.pass.not_tcp_udp",
     /// A header ended before the frame claimed it would.
-    XdpPassTruncated = "xdp.pass.truncated",
+    UplinkPassTruncated = "uplink.pass.truncated",
     /// The flow could not be recorded; the packet still went to the container, but its replies
     /// will not be translated.
-    XdpFlowRecordFailed = "xdp.flow_record_failed",
+    UplinkFlowRecordFailed = "uplink.flow_record_failed",
+    /// A kernel helper refused to rewrite a packet at TC; it was dropped, half rewritten.
+    UplinkDropWriteFailed = "uplink.drop.write_failed",
     /// No room in front of the frame for the forwarding note; the stack routes the packet.
     XdpMetaFailed = "xdp.meta_failed",
-    /// A translated packet handed to the container's bridge.
+    /// A packet `xdp_uplink` translated, handed to the container's bridge.
     FwdRedirected = "tc_forward.redirected",
     /// Not translated by `xdp_uplink`: left to the stack.
     FwdNotOurs = "tc_forward.not_ours",

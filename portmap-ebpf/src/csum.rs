@@ -2,19 +2,11 @@
 //!
 //! A NAT changes a handful of bytes; recomputing a checksum over the whole packet would cost a
 //! loop over the payload. These functions fold the change of one field into an existing checksum
-//! instead. Checksums and fields are taken as the bytes on the wire.
-
-/// Adds the 16-bit big-endian words of `bytes` into a 32-bit accumulator. `N` is even.
-#[inline(always)]
-const fn add_words<const N: usize>(mut acc: u32, bytes: &[u8; N], complement: bool) -> u32 {
-    let mut i = 0;
-    while i < N {
-        let word = u16::from_be_bytes([bytes[i], bytes[i + 1]]);
-        acc += if complement { !word } else { word } as u32;
-        i += 2;
-    }
-    acc
-}
+//! instead.
+//!
+//! They work on 16-bit words exactly as a native load of the packet bytes gives them: the
+//! one's-complement sum is independent of byte order (RFC 1071, section 2(B)), so the programs
+//! never swap bytes, and the result is stored back with a native store.
 
 /// Folds the carries of a 32-bit accumulator into 16 bits. Two rounds suffice for a sum of
 /// fewer than 65,536 words.
@@ -25,27 +17,37 @@ pub const fn fold(acc: u32) -> u16 {
     acc as u16
 }
 
-/// The checksum after a covered field changed from `old` to `new`.
+/// What changing the words `old` into `new` adds to a one's-complement sum, unfolded. Compute
+/// it once per field and apply it to every checksum that covers the field.
 #[inline(always)]
-pub const fn replace<const N: usize>(check: [u8; 2], old: &[u8; N], new: &[u8; N]) -> [u8; 2] {
-    let acc = !u16::from_be_bytes(check) as u32;
-    let acc = add_words(acc, old, true);
-    let acc = add_words(acc, new, false);
-    (!fold(acc)).to_be_bytes()
+pub const fn diff<const N: usize>(old: [u16; N], new: [u16; N]) -> u32 {
+    let mut acc = 0u32;
+    let mut i = 0;
+    while i < N {
+        acc += (!old[i]) as u32 + new[i] as u32;
+        i += 1;
+    }
+    acc
 }
 
-/// [`replace`] for a UDP checksum over IPv4: a zero checksum means "none" and stays zero, and a
-/// result of zero is sent as `0xffff`, its one's-complement twin (RFC 768).
+/// The checksum after its covered data changed by `diff` (a sum of [`diff`]s of at most a few
+/// words, so the accumulator cannot overflow).
 #[inline(always)]
-pub const fn replace_udp<const N: usize>(check: [u8; 2], old: &[u8; N], new: &[u8; N]) -> [u8; 2] {
-    if check[0] == 0 && check[1] == 0 {
-        return check;
+pub const fn apply(check: u16, diff: u32) -> u16 {
+    !fold(!check as u32 + diff)
+}
+
+/// [`apply`] for a UDP checksum over IPv4: a zero checksum means "none" and stays zero, and a
+/// result of zero is sent as `0xffff`, its one's-complement twin (RFC 768). Both values read
+/// the same in either byte order.
+#[inline(always)]
+pub const fn apply_udp(check: u16, diff: u32) -> u16 {
+    if check == 0 {
+        return 0;
     }
-    let updated = replace(check, old, new);
-    if updated[0] == 0 && updated[1] == 0 {
-        [0xff, 0xff]
-    } else {
-        updated
+    match apply(check, diff) {
+        0 => 0xffff,
+        updated => updated,
     }
 }
 
@@ -53,18 +55,21 @@ pub const fn replace_udp<const N: usize>(check: [u8; 2], old: &[u8; N], new: &[u
 mod tests {
     use super::*;
 
-    /// The checksum of `bytes` computed from scratch (RFC 1071), with its field zeroed.
-    fn full(bytes: &[u8]) -> [u8; 2] {
+    /// The checksum of `bytes` computed from scratch (RFC 1071) in network byte order.
+    fn full(bytes: &[u8]) -> u16 {
         let mut acc = 0u32;
         for pair in bytes.chunks(2) {
-            let hi = pair[0];
-            let lo = pair.get(1).copied().unwrap_or(0);
-            acc += u16::from_be_bytes([hi, lo]) as u32;
+            acc += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
         }
         while acc >> 16 != 0 {
             acc = (acc & 0xffff) + (acc >> 16);
         }
-        (!(acc as u16)).to_be_bytes()
+        !(acc as u16)
+    }
+
+    /// The words of `bytes` as a native load sees them.
+    fn words<const N: usize>(bytes: &[u8]) -> [u16; N] {
+        std::array::from_fn(|i| u16::from_ne_bytes([bytes[2 * i], bytes[2 * i + 1]]))
     }
 
     /// xorshift: deterministic inputs without a dependency.
@@ -75,8 +80,15 @@ mod tests {
         *state
     }
 
+    /// Whether two checksums are the same one's-complement number (0x0000 and 0xffff both mean
+    /// zero; RFC 1624 eq. 3 never turns a valid checksum into 0x0000, a full sum may give
+    /// either).
+    fn same(a: u16, b: u16) -> bool {
+        a == b || (a | b == 0xffff && (a == 0 || b == 0))
+    }
+
     #[test]
-    fn replace_matches_recomputation_for_addresses_and_ports() {
+    fn diffs_match_recomputation_for_addresses_and_ports() {
         let mut state = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..100_000 {
             let mut header = [0u8; 20];
@@ -87,56 +99,41 @@ mod tests {
             header[11] = 0;
             let check = full(&header);
 
-            let old_addr: [u8; 4] = header[16..20].try_into().unwrap();
-            let new_addr = (rng(&mut state) as u32).to_be_bytes();
-            let old_port: [u8; 2] = header[2..4].try_into().unwrap();
-            let new_port = (rng(&mut state) as u16).to_be_bytes();
-            header[16..20].copy_from_slice(&new_addr);
-            header[2..4].copy_from_slice(&new_port);
+            let old_addr: [u16; 2] = words(&header[16..20]);
+            let old_port: [u16; 1] = words(&header[2..4]);
+            header[16..20].copy_from_slice(&(rng(&mut state) as u32).to_be_bytes());
+            header[2..4].copy_from_slice(&(rng(&mut state) as u16).to_be_bytes());
+            let new_addr: [u16; 2] = words(&header[16..20]);
+            let new_port: [u16; 1] = words(&header[2..4]);
 
-            let incremental = replace(replace(check, &old_addr, &new_addr), &old_port, &new_port);
+            // As the programs do it: native words in, one combined diff, native word out.
+            let native = u16::from_ne_bytes(check.to_be_bytes());
+            let native = apply(native, diff(old_addr, new_addr) + diff(old_port, new_port));
+            let incremental = u16::from_be_bytes(native.to_ne_bytes());
             let recomputed = full(&header);
-            // 0x0000 and 0xffff are both zero in one's complement; RFC 1624 eq. 3 never yields
-            // 0x0000 from a valid checksum, a from-scratch sum may yield either.
-            let same = incremental == recomputed
-                || (incremental == [0xff, 0xff] && recomputed == [0, 0])
-                || (incremental == [0, 0] && recomputed == [0xff, 0xff]);
             assert!(
-                same,
-                "{header:02x?}: incremental {incremental:02x?}, full {recomputed:02x?}"
+                same(incremental, recomputed),
+                "{header:02x?}: incremental {incremental:#06x}, full {recomputed:#06x}"
             );
         }
     }
 
     #[test]
-    fn replace_of_identical_field_changes_nothing() {
-        assert_eq!(
-            replace([0x12, 0x34], &[1, 2, 3, 4], &[1, 2, 3, 4]),
-            [0x12, 0x34]
-        );
+    fn identical_field_changes_nothing() {
+        assert_eq!(apply(0x1234, diff([1, 2], [1, 2])), 0x1234);
     }
 
     #[test]
     fn udp_zero_checksum_stays_zero() {
-        assert_eq!(
-            replace_udp([0, 0], &[10, 0, 0, 1], &[172, 17, 0, 2]),
-            [0, 0]
-        );
+        assert_eq!(apply_udp(0, diff([0x0aff, 0x0001], [0x11ac, 0x0200])), 0);
     }
 
     #[test]
     fn udp_computed_zero_becomes_ffff() {
-        // Pick `new` so that the one's-complement sum becomes 0xffff, i.e. the checksum 0.
-        let check = [0x00, 0x01];
-        let old = [0x00, 0x00];
-        // ~0x0001 = 0xfffe; + ~0x0000 = 0xfffe + 0xffff -> 0xfffe (after fold); need + new = 0xffff
-        let new = [0x00, 0x01];
-        assert_eq!(
-            replace(check, &old, &new),
-            [0, 0],
-            "precondition: plain replace gives 0"
-        );
-        assert_eq!(replace_udp(check, &old, &new), [0xff, 0xff]);
+        // ~0x0001 + ~0x0000 + 0x0001 folds to 0xffff, whose complement is 0.
+        let d = diff([0x0000], [0x0001]);
+        assert_eq!(apply(0x0001, d), 0, "precondition: a plain update gives 0");
+        assert_eq!(apply_udp(0x0001, d), 0xffff);
     }
 
     #[test]
@@ -144,10 +141,11 @@ mod tests {
         let mut header = [
             0x45, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 198, 51, 100, 2, 203, 0, 113, 1,
         ];
-        let check = full(&header);
-        let old = [header[8], header[9]];
+        let check = u16::from_ne_bytes(full(&header).to_be_bytes());
+        let old: [u16; 1] = words(&header[8..10]);
         header[8] -= 1;
-        let new = [header[8], header[9]];
-        assert_eq!(replace(check, &old, &new), full(&header));
+        let new: [u16; 1] = words(&header[8..10]);
+        let updated = u16::from_be_bytes(apply(check, diff(old, new)).to_ne_bytes());
+        assert_eq!(updated, full(&header));
     }
 }

@@ -3,21 +3,16 @@
 
 use portmap_common::{BindingKeyV4, BindingV4, FlowKeyV4, FlowV4};
 
-use crate::maps::{BINDINGS_V4, FLOWS_V4, LOCAL_V4};
+use crate::maps::{BINDINGS_V4, FLOWS_V4};
 
-/// The binding for a destination: the exact host address first, then the wildcard, which only
-/// covers the host's own addresses (as Docker's `--dst-type LOCAL` does).
+/// The binding for a destination. One exact lookup serves every binding: the loader publishes a
+/// wildcard binding as one key per local address, which is also what makes it match only the
+/// host's own addresses, as Docker's `--dst-type LOCAL` does.
 #[inline(always)]
 pub fn binding(key: BindingKeyV4) -> Option<BindingV4> {
     // SAFETY: the value is copied out at once; a concurrent update frees the old entry only
     // after an RCU grace period (the map is not preallocated).
-    if let Some(found) = unsafe { BINDINGS_V4.get(key) } {
-        return Some(*found);
-    }
-    // SAFETY: as above.
-    let found = unsafe { BINDINGS_V4.get(key.wildcard()) }.copied()?;
-    // SAFETY: only tested for presence.
-    unsafe { LOCAL_V4.get(key.addr) }.map(|_| found)
+    unsafe { BINDINGS_V4.get(key) }.copied()
 }
 
 /// The flow a container's reply belongs to.

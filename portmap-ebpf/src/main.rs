@@ -1,7 +1,9 @@
 //! portmap's kernel side. A packet's path, one file each:
 //!
-//! - client → container: [`xdp_uplink`] (parse → lookup → rewrite → record), then
-//!   [`tc_forward`] on the same uplink hands it to the bridge;
+//! - client → container: [`translate`] (parse → lookup → rewrite → record), run by
+//!   [`xdp_uplink`], after which [`tc_forward`] on the same uplink hands the packet to the
+//!   bridge; or, on uplinks where native XDP does not pay, run by [`tc_uplink`] at TC ingress,
+//!   which forwards it itself;
 //! - container → client: [`tc_reply`] on the bridge (parse → flow lookup → rewrite back).
 //!
 //! The entry points below only run those and count why.
@@ -17,6 +19,8 @@ mod rewrite;
 mod stats;
 mod tc_forward;
 mod tc_reply;
+mod tc_uplink;
+mod translate;
 mod xdp_uplink;
 
 use aya_ebpf::{
@@ -34,6 +38,13 @@ pub fn xdp_uplink(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn tc_forward(ctx: TcContext) -> i32 {
     let verdict = tc_forward::run(&ctx);
+    stats::count(verdict.reason);
+    verdict.action
+}
+
+#[classifier]
+pub fn tc_uplink(ctx: TcContext) -> i32 {
+    let verdict = tc_uplink::run(&ctx);
     stats::count(verdict.reason);
     verdict.action
 }

@@ -7,20 +7,15 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use portmap_common::{
-    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDINGS, MAX_FLOWS,
-    MAX_LOCAL_ADDRS, reason::REASON_COUNT,
+    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDING_KEYS, MAX_BINDINGS,
+    MAX_FLOWS, reason::REASON_COUNT,
 };
 
 /// Published ports. Not preallocated, so that an entry replaced while a packet reads it is
 /// freed after an RCU grace period instead of being reused under the reader.
 #[map]
 pub static BINDINGS_V4: HashMap<BindingKeyV4, BindingV4> =
-    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
-
-/// The host's own addresses: a wildcard binding only matches these (`--dst-type LOCAL`).
-#[map]
-pub static LOCAL_V4: HashMap<[u8; 4], u32> =
-    HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_BINDING_KEYS, BPF_F_NO_PREALLOC);
 
 /// Translated flows, keyed as the container's replies look.
 #[map]

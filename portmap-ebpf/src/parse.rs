@@ -1,22 +1,56 @@
 //! Header parsing shared by the XDP and TC programs. It finds the headers and bounds-checks every
 //! read; it decides nothing, except to refuse what no program here translates.
+//!
+//! Multi-byte fields are read as native words holding the wire bytes, as the kernel's `__be16`
+//! and `__be32` are: they are copied, compared and checksummed (RFC 1071 sums do not care about
+//! byte order) but never interpreted, so nothing is swapped on the fast path. Frames start
+//! 2-byte aligned in every driver and in the skb path, and so do these 16-bit fields.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::eth::EthHdr;
 use portmap_common::proto;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
+/// A big-endian constant as a native load of its wire bytes reads it.
+const fn wire16(value: u16) -> u16 {
+    u16::from_ne_bytes(value.to_be_bytes())
+}
+
+const ETH_P_IP: u16 = wire16(0x0800);
+const ETH_P_IPV6: u16 = wire16(0x86dd);
+const ETH_P_8021Q: u16 = wire16(0x8100);
+const ETH_P_8021AD: u16 = wire16(0x88a8);
+/// The IPv4 "more fragments" flag and fragment offset.
+const IP_MF_OFFSET: u16 = wire16(0x3fff);
 pub const ETH_HLEN: u32 = size_of::<EthHdr>() as u32;
 const VLAN_HLEN: usize = 4;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-/// The IPv4 "more fragments" flag and fragment offset, as one big-endian word.
-const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+
+/// The IPv4 header without options, fields as loaded (see the module docs).
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub src: [u16; 2],
+    pub dst: [u16; 2],
+}
+
+const _: () = assert!(size_of::<Ipv4Hdr>() == 20);
+
+/// The ports that open both TCP and UDP headers.
+#[repr(C)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
 
 /// The bytes of a frame, however the program type exposes them. Both XDP and TC (at ingress,
 /// where `cls_bpf` pushes the MAC header back) start at the Ethernet header.
@@ -66,7 +100,7 @@ pub enum Refusal {
 pub struct Ipv4L4 {
     pub ip: *mut Ipv4Hdr,
     /// The TCP or UDP header; at least [`TCP_HLEN`] or [`UDP_HLEN`] bytes are in the frame.
-    pub l4: *mut u8,
+    pub l4: *mut Ports,
     /// Offset of the IPv4 header from the start of the frame.
     pub l3_off: u32,
     /// Offset of the TCP/UDP header from the start of the frame.
@@ -76,11 +110,34 @@ pub struct Ipv4L4 {
     pub vlan_tagged: bool,
 }
 
-/// A frame's IPv4 address and port, as on the wire.
+/// An IPv4 address and port as loaded from the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addr: [u8; 4],
-    pub port: [u8; 2],
+    pub addr: [u16; 2],
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// From the byte arrays of the map layouts, which hold the same wire bytes.
+    #[inline(always)]
+    pub fn from_wire(addr: [u8; 4], port: [u8; 2]) -> Self {
+        Self {
+            // SAFETY: same size, and any bit pattern is valid for both.
+            addr: unsafe { core::mem::transmute::<[u8; 4], [u16; 2]>(addr) },
+            port: u16::from_ne_bytes(port),
+        }
+    }
+
+    #[inline(always)]
+    pub fn addr_bytes(&self) -> [u8; 4] {
+        // SAFETY: as in `from_wire`.
+        unsafe { core::mem::transmute::<[u16; 2], [u8; 4]>(self.addr) }
+    }
+
+    #[inline(always)]
+    pub fn port_bytes(&self) -> [u8; 2] {
+        self.port.to_ne_bytes()
+    }
 }
 
 impl Ipv4L4 {
@@ -89,8 +146,8 @@ impl Ipv4L4 {
         // SAFETY: `ip` and `l4` were bounds-checked by `ipv4_l4` for the whole header.
         unsafe {
             Endpoint {
-                addr: (*self.ip).src_addr,
-                port: *(self.l4 as *const [u8; 2]),
+                addr: (*self.ip).src,
+                port: (*self.l4).src,
             }
         }
     }
@@ -100,8 +157,8 @@ impl Ipv4L4 {
         // SAFETY: as in `src`.
         unsafe {
             Endpoint {
-                addr: (*self.ip).dst_addr,
-                port: *(self.l4.add(2) as *const [u8; 2]),
+                addr: (*self.ip).dst,
+                port: (*self.l4).dst,
             }
         }
     }
@@ -142,14 +199,14 @@ fn ptr_at<T>(frame: &impl Frame, off: usize) -> Result<*mut T, Refusal> {
 pub fn ipv4_l4(frame: &impl Frame) -> Result<Ipv4L4, Refusal> {
     let eth: *mut EthHdr = ptr_at(frame, 0)?;
     // SAFETY: `ptr_at` proved the Ethernet header is inside the frame.
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut ether_type = unsafe { (*eth).ether_type };
     let mut l3_off = size_of::<EthHdr>();
     let mut vlan_tagged = false;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         // The tag is TCI (2 bytes) then the inner ethertype (2 bytes).
-        let inner: *mut [u8; 2] = ptr_at(frame, l3_off + 2)?;
+        let inner: *mut u16 = ptr_at(frame, l3_off + 2)?;
         // SAFETY: bounds-checked just above.
-        ether_type = u16::from_be_bytes(unsafe { *inner });
+        ether_type = unsafe { *inner };
         l3_off += VLAN_HLEN;
         vlan_tagged = true;
     }
@@ -161,19 +218,19 @@ pub fn ipv4_l4(frame: &impl Frame) -> Result<Ipv4L4, Refusal> {
 
     let ip: *mut Ipv4Hdr = ptr_at(frame, l3_off)?;
     // SAFETY: `ptr_at` proved the 20-byte IPv4 header is inside the frame.
-    let (vihl, frags, ip_proto) = unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto) };
+    let (vihl, frag, ip_proto) = unsafe { ((*ip).vihl, (*ip).frag, (*ip).proto) };
     if vihl != 0x45 {
         // Version 4 with IHL 5 only; anything else has options or is not IPv4.
         return Err(Refusal::IpOptions);
     }
-    if u16::from_be_bytes(frags) & IP_MF_OFFSET_MASK != 0 {
+    if frag & IP_MF_OFFSET != 0 {
         return Err(Refusal::Fragment);
     }
 
     let l4_off = l3_off + size_of::<Ipv4Hdr>();
-    let l4: *mut u8 = match ip_proto {
-        proto::TCP => ptr_at::<[u8; TCP_HLEN]>(frame, l4_off)? as *mut u8,
-        proto::UDP => ptr_at::<[u8; UDP_HLEN]>(frame, l4_off)? as *mut u8,
+    let l4: *mut Ports = match ip_proto {
+        proto::TCP => ptr_at::<[u8; TCP_HLEN]>(frame, l4_off)? as *mut Ports,
+        proto::UDP => ptr_at::<[u8; UDP_HLEN]>(frame, l4_off)? as *mut Ports,
         _ => return Err(Refusal::NotTcpUdp),
     };
 
@@ -192,10 +249,18 @@ pub fn ipv4_l4(frame: &impl Frame) -> Result<Ipv4L4, Refusal> {
 pub fn ipv4_untagged(frame: &impl Frame) -> Option<*mut Ipv4Hdr> {
     let eth: *mut EthHdr = ptr_at(frame, 0).ok()?;
     // SAFETY: bounds-checked by `ptr_at`.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
         return None;
     }
     ptr_at(frame, size_of::<EthHdr>()).ok()
+}
+
+/// Makes sure the headers [`ipv4_l4`] reads are in an skb's linear part, where direct packet
+/// access can see them. False when the kernel cannot (the packet is then left alone).
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) -> bool {
+    let want = HEADERS_MAX.min(ctx.len());
+    ((ctx.data_end() - ctx.data()) as u32) >= want || ctx.pull_data(want).is_ok()
 }
 
 /// How many bytes from the start of the frame the parsers above may read: enough for a tagged

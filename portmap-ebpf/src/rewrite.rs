@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use portmap_ebpf::csum;
 
-use crate::parse::{Endpoint, Ipv4L4};
+use crate::parse::{Endpoint, Ipv4Hdr, Ipv4L4};
 
 /// Offset of the header checksum within the IPv4 header.
 const IP_CHECK_OFF: u32 = 10;
@@ -34,28 +34,26 @@ pub enum Ttl {
 /// A kernel helper refused a checksum update; the packet may be half rewritten.
 pub struct ChecksumError;
 
-/// Folding a field's change into a packet's checksums.
+/// Folding a change into a packet's checksums. A change is a [`csum::diff`], computed once per
+/// field and applied to every checksum that covers it (as Cilium's NAT does).
 ///
 /// Implementations may move packet data: callers write every field first, then update checksums,
 /// and use only offsets from then on.
 pub trait Checksums {
     /// The IPv4 header checksum.
-    fn l3<const N: usize>(
-        &self,
-        pkt: &Ipv4L4,
-        old: [u8; N],
-        new: [u8; N],
-    ) -> Result<(), ChecksumError>;
+    fn l3(&self, pkt: &Ipv4L4, diff: u32) -> Result<(), ChecksumError>;
 
-    /// The TCP/UDP checksum; `pseudo` says the field is in the pseudo-header (an address) rather
-    /// than the L4 header itself (a port).
-    fn l4<const N: usize>(
-        &self,
-        pkt: &Ipv4L4,
-        old: [u8; N],
-        new: [u8; N],
-        pseudo: bool,
-    ) -> Result<(), ChecksumError>;
+    /// The TCP/UDP checksum: `pseudo` changed pseudo-header fields (addresses), `header`
+    /// changed fields of the L4 header itself (ports). Offloaded checksums only cover the
+    /// former, which is why the two are kept apart.
+    fn l4(&self, pkt: &Ipv4L4, pseudo: u32, header: u32) -> Result<(), ChecksumError>;
+}
+
+/// The TTL and protocol bytes, the 16-bit word the header checksum covers the TTL in.
+#[inline(always)]
+fn ttl_word(ip: *mut Ipv4Hdr) -> *mut u16 {
+    // SAFETY: a field projection; the caller bounds-checked the header.
+    unsafe { (&raw mut (*ip).ttl).cast() }
 }
 
 /// Replaces one endpoint of `pkt` with `to` and fixes both checksums.
@@ -72,46 +70,44 @@ pub fn v4_endpoint(
         Side::Dst => pkt.dst(),
     };
     // SAFETY: `parse::ipv4_l4` proved the IPv4 header and 8+ bytes of L4 header are inside the
-    // frame; nothing has moved packet data since.
-    let old_ttl_word = unsafe { [(*pkt.ip).ttl, (*pkt.ip).proto] };
-    let new_ttl_word = match ttl {
-        Ttl::Keep => old_ttl_word,
-        Ttl::Decrement => [old_ttl_word[0].wrapping_sub(1), old_ttl_word[1]],
+    // frame; nothing has moved packet data since, and fields are written before any helper
+    // (which may move it) runs.
+    let ttl_diff = unsafe {
+        let old = *ttl_word(pkt.ip);
+        if ttl == Ttl::Decrement {
+            (*pkt.ip).ttl = (*pkt.ip).ttl.wrapping_sub(1);
+        }
+        match side {
+            Side::Src => {
+                (*pkt.ip).src = to.addr;
+                (*pkt.l4).src = to.port;
+            }
+            Side::Dst => {
+                (*pkt.ip).dst = to.addr;
+                (*pkt.l4).dst = to.port;
+            }
+        }
+        csum::diff([old], [*ttl_word(pkt.ip)])
     };
-    if from == to && old_ttl_word == new_ttl_word {
-        return Ok(());
-    }
-
-    // SAFETY: as above; the fields are written before any helper may move the data.
-    unsafe {
-        let (addr, port) = match side {
-            Side::Src => (&raw mut (*pkt.ip).src_addr, pkt.l4 as *mut [u8; 2]),
-            Side::Dst => (&raw mut (*pkt.ip).dst_addr, pkt.l4.add(2) as *mut [u8; 2]),
-        };
-        *addr = to.addr;
-        *port = to.port;
-        (*pkt.ip).ttl = new_ttl_word[0];
-    }
-
-    csums.l4(pkt, from.addr, to.addr, true)?;
-    csums.l4(pkt, from.port, to.port, false)?;
-    csums.l3(pkt, from.addr, to.addr)?;
-    csums.l3(pkt, old_ttl_word, new_ttl_word)
+    let addr = csum::diff(from.addr, to.addr);
+    csums.l4(pkt, addr, csum::diff([from.port], [to.port]))?;
+    csums.l3(pkt, addr + ttl_diff)
 }
 
 /// Decrements the TTL of an IPv4 header and fixes its checksum, through the skb helpers.
 #[inline(always)]
 pub fn v4_ttl_decrement(
     ctx: &TcContext,
-    ip: *mut network_types::ip::Ipv4Hdr,
+    ip: *mut Ipv4Hdr,
     l3_off: u32,
 ) -> Result<(), ChecksumError> {
     // SAFETY: the caller bounds-checked the whole IPv4 header.
-    let old = unsafe { [(*ip).ttl, (*ip).proto] };
-    let new = [old[0].wrapping_sub(1), old[1]];
-    // SAFETY: as above.
-    unsafe { (*ip).ttl = new[0] };
-    l3_replace(ctx, l3_off, old, new)
+    let diff = unsafe {
+        let old = *ttl_word(ip);
+        (*ip).ttl = (*ip).ttl.wrapping_sub(1);
+        csum::diff([old], [*ttl_word(ip)])
+    };
+    l3_apply(ctx, l3_off, diff)
 }
 
 /// Checksums of a frame in XDP: complete, on the wire, updated in place.
@@ -119,107 +115,56 @@ pub struct InPlace;
 
 impl Checksums for InPlace {
     #[inline(always)]
-    fn l3<const N: usize>(
-        &self,
-        pkt: &Ipv4L4,
-        old: [u8; N],
-        new: [u8; N],
-    ) -> Result<(), ChecksumError> {
+    fn l3(&self, pkt: &Ipv4L4, diff: u32) -> Result<(), ChecksumError> {
         // SAFETY: the IPv4 header was bounds-checked by the parser and XDP never moves data.
-        unsafe { (*pkt.ip).check = csum::replace((*pkt.ip).check, &old, &new) };
+        unsafe { (*pkt.ip).check = csum::apply((*pkt.ip).check, diff) };
         Ok(())
     }
 
     #[inline(always)]
-    fn l4<const N: usize>(
-        &self,
-        pkt: &Ipv4L4,
-        old: [u8; N],
-        new: [u8; N],
-        _pseudo: bool,
-    ) -> Result<(), ChecksumError> {
+    fn l4(&self, pkt: &Ipv4L4, pseudo: u32, header: u32) -> Result<(), ChecksumError> {
         // SAFETY: the parser proved 20 bytes of TCP or 8 of UDP, which hold the checksum field.
         unsafe {
-            let check = pkt.l4.add(pkt.l4_check_off()) as *mut [u8; 2];
+            let check = pkt.l4.cast::<u8>().add(pkt.l4_check_off()).cast::<u16>();
             *check = if pkt.is_udp() {
-                csum::replace_udp(*check, &old, &new)
+                csum::apply_udp(*check, pseudo + header)
             } else {
-                csum::replace(*check, &old, &new)
+                csum::apply(*check, pseudo + header)
             };
         }
         Ok(())
     }
 }
 
-/// Checksums of an skb in TC, through `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which also
-/// keep `CHECKSUM_PARTIAL` seeds and `CHECKSUM_COMPLETE` sums right.
+/// Checksums of an skb in TC, through `bpf_l3_csum_replace`/`bpf_l4_csum_replace` in their
+/// "diff" form (size 0), which also keep `CHECKSUM_PARTIAL` seeds and `CHECKSUM_COMPLETE` sums
+/// right.
 pub struct Skb<'a>(pub &'a TcContext);
 
 impl Checksums for Skb<'_> {
     #[inline(always)]
-    fn l3<const N: usize>(
-        &self,
-        pkt: &Ipv4L4,
-        old: [u8; N],
-        new: [u8; N],
-    ) -> Result<(), ChecksumError> {
-        l3_replace(self.0, pkt.l3_off, old, new)
+    fn l3(&self, pkt: &Ipv4L4, diff: u32) -> Result<(), ChecksumError> {
+        l3_apply(self.0, pkt.l3_off, diff)
     }
 
     #[inline(always)]
-    fn l4<const N: usize>(
-        &self,
-        pkt: &Ipv4L4,
-        old: [u8; N],
-        new: [u8; N],
-        pseudo: bool,
-    ) -> Result<(), ChecksumError> {
-        if old == new {
-            return Ok(());
-        }
-        let mut flags = N as u64;
-        if pseudo {
-            flags |= BPF_F_PSEUDO_HDR as u64;
-        }
-        if pkt.is_udp() {
-            // A zero UDP checksum stays zero; a computed zero is written as 0xffff.
-            flags |= BPF_F_MARK_MANGLED_0 as u64;
-        }
-        let offset = pkt.l4_off + pkt.l4_check_off() as u32;
+    fn l4(&self, pkt: &Ipv4L4, pseudo: u32, header: u32) -> Result<(), ChecksumError> {
+        // A zero UDP checksum stays zero; a computed zero is written as 0xffff.
+        let mangled = if pkt.is_udp() {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+        let offset = (pkt.l4_off + pkt.l4_check_off() as u32) as usize;
         self.0
-            .l4_csum_replace(offset as usize, word(old), word(new), flags)
+            .l4_csum_replace(offset, 0, pseudo.into(), BPF_F_PSEUDO_HDR as u64 | mangled)
+            .and_then(|()| self.0.l4_csum_replace(offset, 0, header.into(), mangled))
             .map_err(|_| ChecksumError)
     }
 }
 
 #[inline(always)]
-fn l3_replace<const N: usize>(
-    ctx: &TcContext,
-    l3_off: u32,
-    old: [u8; N],
-    new: [u8; N],
-) -> Result<(), ChecksumError> {
-    if old == new {
-        return Ok(());
-    }
-    ctx.l3_csum_replace(
-        (l3_off + IP_CHECK_OFF) as usize,
-        word(old),
-        word(new),
-        N as u64,
-    )
-    .map_err(|_| ChecksumError)
-}
-
-/// A 2- or 4-byte field as the helpers take it: its bytes in memory order, read as an integer.
-#[inline(always)]
-fn word<const N: usize>(bytes: [u8; N]) -> u64 {
-    let mut raw = [0u8; 8];
-    let mut i = 0;
-    while i < N {
-        raw[i] = bytes[i];
-        i += 1;
-    }
-    // Little-endian hosts put the first byte lowest, exactly as a load of the field would.
-    u64::from_ne_bytes(raw)
+fn l3_apply(ctx: &TcContext, l3_off: u32, diff: u32) -> Result<(), ChecksumError> {
+    ctx.l3_csum_replace((l3_off + IP_CHECK_OFF) as usize, 0, diff.into(), 0)
+        .map_err(|_| ChecksumError)
 }

@@ -6,10 +6,13 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    Global,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
+
+const AF_INET: u32 = 2;
 use portmap_common::{Reason, XDP_META_MAGIC, XdpMeta};
 
 use crate::{parse, rewrite};
@@ -32,6 +35,8 @@ pub fn run(ctx: &TcContext) -> Verdict {
     if unsafe { (*ip).ttl } <= 1 {
         return pass(Reason::FwdTtlExpired);
     }
+    // SAFETY: as above; read before the checksum helper may move packet data.
+    let container = unsafe { (*ip).dst };
     if rewrite::v4_ttl_decrement(ctx, ip, parse::ETH_HLEN).is_err() {
         return Verdict {
             reason: Reason::FwdNotOurs,
@@ -40,11 +45,11 @@ pub fn run(ctx: &TcContext) -> Verdict {
     }
     Verdict {
         reason: Reason::FwdRedirected,
-        action: redirect_neigh(egress_ifindex),
+        action: redirect_neigh_to(egress_ifindex, container),
     }
 }
 
-/// The bridge `xdp_uplink` chose, if this frame carries its note.
+/// The bridge `xdp_uplink` chose, if this frame carries its note; the note is used up.
 #[inline(always)]
 fn take_meta(ctx: &TcContext) -> Option<u32> {
     // SAFETY: reading a field of the program's own context.
@@ -53,15 +58,51 @@ fn take_meta(ctx: &TcContext) -> Option<u32> {
         return None;
     }
     // SAFETY: bounds-checked against `data` just above.
-    let note = unsafe { *(meta as *const XdpMeta) };
-    (note.magic == XDP_META_MAGIC).then_some(note.egress_ifindex)
+    let note = unsafe { &mut *(meta as *mut XdpMeta) };
+    if note.magic != XDP_META_MAGIC {
+        return None;
+    }
+    // The metadata stays with the skb after the redirect; a packet that came back to this hook
+    // (a loop, a hairpin) must not be sent on again by a stale note.
+    note.magic = 0;
+    Some(note.egress_ifindex)
 }
 
-/// Hands the packet to `ifindex`, resolving the next hop's MAC through the neighbour table.
+/// Whether `bpf_redirect_neigh` takes a next hop on this kernel; set by the loader.
+#[unsafe(no_mangle)]
+static NEXTHOP_PARAMS: Global<u32> = Global::new(0);
+
+/// Hands the packet to `ifindex`, resolving the next hop by a route lookup and its MAC through
+/// the neighbour table.
 #[inline(always)]
 pub fn redirect_neigh(ifindex: u32) -> i32 {
     // SAFETY: no parameters are passed; the kernel does the FIB and neighbour lookups.
     unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// [`redirect_neigh`] to a destination on `ifindex`'s own link, which is its own next hop: a
+/// container on its bridge. Skips the route lookup where the kernel allows.
+#[inline(always)]
+pub fn redirect_neigh_to(ifindex: u32, onlink: [u16; 2]) -> i32 {
+    if NEXTHOP_PARAMS.load() == 0 {
+        return redirect_neigh(ifindex);
+    }
+    let mut params = bpf_redir_neigh {
+        nh_family: AF_INET,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            // SAFETY: same size; the kernel wants the address as it is on the wire.
+            ipv4_nh: unsafe { core::mem::transmute::<[u16; 2], u32>(onlink) },
+        },
+    };
+    // SAFETY: `params` outlives the call and its size is passed with it.
+    unsafe {
+        bpf_redirect_neigh(
+            ifindex,
+            &mut params,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
 }
 
 #[inline(always)]

@@ -15,9 +15,7 @@ use crate::{
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Verdict {
-    // Headers may sit partly outside the skb's linear area; pull what the parser reads.
-    let want = parse::HEADERS_MAX.min(ctx.len());
-    if ((ctx.data_end() - ctx.data()) as u32) < want && ctx.pull_data(want).is_err() {
+    if !parse::pull_headers(ctx) {
         return pass(Reason::ReplyPassNotOurs);
     }
     let pkt = match parse::ipv4_l4(ctx) {
@@ -27,10 +25,10 @@ pub fn run(ctx: &TcContext) -> Verdict {
     let container = pkt.src();
     let client = pkt.dst();
     let Some(flow) = lookup::flow(&FlowKeyV4 {
-        container_addr: container.addr,
-        client_addr: client.addr,
-        container_port: container.port,
-        client_port: client.port,
+        container_addr: container.addr_bytes(),
+        client_addr: client.addr_bytes(),
+        container_port: container.port_bytes(),
+        client_port: client.port_bytes(),
         proto: pkt.proto,
         _pad: [0; 3],
     }) else {
@@ -40,16 +38,13 @@ pub fn run(ctx: &TcContext) -> Verdict {
         return pass(Reason::ReplyTtlExpired);
     }
 
-    let host = parse::Endpoint {
-        addr: flow.host_addr,
-        port: flow.host_port,
-    };
+    let host = parse::Endpoint::from_wire(flow.host_addr, flow.host_port);
     if rewrite::v4_endpoint(&Skb(ctx), &pkt, Side::Src, host, Ttl::Decrement).is_err() {
         error!(
             ctx,
             "could not rewrite a reply from {:i}:{}; dropped",
-            container.addr,
-            u16::from_be_bytes(container.port)
+            container.addr_bytes(),
+            u16::from_be(container.port)
         );
         return Verdict {
             reason: Reason::ReplyDropWriteFailed,

@@ -2,6 +2,7 @@
 //! for other `portmap` commands, and read its counters.
 
 use std::{
+    collections::HashMap as StdHashMap,
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -18,17 +19,44 @@ use aya::{
     util::{KernelVersion, nr_cpus},
 };
 use portmap_common::{
-    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, Reason, names, programs,
+    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, Reason, globals, names, programs,
 };
 
 use crate::{netdev::Interface, plan::Binding};
 
 /// The eBPF object, built by `build.rs` from `portmap-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-ebpf"));
 
 /// Loaded programs and maps. Dropping it detaches every program it attached.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// What is published, with counter slots.
+    published: Vec<Published>,
+    /// The local addresses wildcard bindings are currently expanded to.
+    local_addrs: Vec<Ipv4Addr>,
+    /// Where translated packets go.
+    bridge_index: u32,
+}
+
+/// Where the uplink's translation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkHook {
+    /// `xdp_uplink` in the given mode, with `tc_forward` sending on what it translated.
+    Xdp(XdpMode),
+    /// `tc_uplink` at TC ingress: for uplinks where native XDP costs a copy per packet (veth).
+    Tc,
+}
+
+impl std::fmt::Display for UplinkHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Xdp(XdpMode::Skb) => f.write_str("XDP, generic mode"),
+            Self::Xdp(XdpMode::Hardware) => f.write_str("XDP, offloaded"),
+            Self::Xdp(_) => f.write_str("XDP, driver mode"),
+            Self::Tc => f.write_str("TC ingress"),
+        }
+    }
 }
 
 /// A binding as the kernel holds it, with the counter slot it was given.
@@ -36,6 +64,48 @@ pub struct Dataplane {
 pub struct Published {
     pub binding: Binding,
     pub id: u32,
+}
+
+/// The kernel's binding entries for `published`: a specific binding is one key, a wildcard one
+/// key per local address, except where a specific binding holds that address and port (the
+/// planner refuses such overlaps, as Docker does; should one get here, the specific one wins,
+/// as an exact lookup would have it).
+pub fn binding_entries(
+    published: &[Published],
+    local_addrs: &[Ipv4Addr],
+    bridge_index: u32,
+) -> StdHashMap<BindingKeyV4, BindingV4> {
+    let entry_of = |published: &Published, addr: Ipv4Addr| {
+        let Binding {
+            host_ip: _,
+            host_port,
+            proto,
+            container,
+            origin: _,
+        } = &published.binding;
+        (
+            BindingKeyV4::new(addr.octets(), *host_port, proto.number()),
+            BindingV4::new(
+                container.ip().octets(),
+                container.port(),
+                published.id,
+                bridge_index,
+            ),
+        )
+    };
+    let (specific, wildcard): (Vec<&Published>, Vec<&Published>) =
+        published.iter().partition(|p| p.binding.host_ip.is_some());
+    let mut entries = StdHashMap::new();
+    for published in wildcard {
+        entries.extend(local_addrs.iter().map(|addr| entry_of(published, *addr)));
+    }
+    // Inserted last, so a specific binding replaces a wildcard's key for its address.
+    for published in specific {
+        let addr = published.binding.host_ip.expect("partitioned on host_ip");
+        let (key, value) = entry_of(published, addr);
+        entries.insert(key, value);
+    }
+    entries
 }
 
 impl Dataplane {
@@ -46,7 +116,14 @@ impl Dataplane {
     /// When the kernel refuses a map or a program; a verifier rejection carries its log.
     pub fn load() -> anyhow::Result<Self> {
         warn_if_memlock_limited();
+        // bpf_redirect_neigh took a next hop from 5.11 (commit ba452c9e996d).
+        let nexthop_params =
+            u32::from(KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)));
         let mut ebpf = EbpfLoader::new()
+            // The programs use no CO-RE relocations, so the kernel's BTF is not needed; parsing
+            // it would add ~40 ms to every start.
+            .btf(None)
+            .override_global(globals::NEXTHOP_PARAMS, &nexthop_params, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object's maps")?;
         for name in programs::ALL {
@@ -63,7 +140,12 @@ impl Dataplane {
             };
             loaded.with_context(|| format!("the kernel refused program {name:?}"))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            published: Vec::new(),
+            local_addrs: Vec::new(),
+            bridge_index: 0,
+        })
     }
 
     /// The loaded object, for tests that run its programs directly.
@@ -71,12 +153,12 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// Writes every binding of `bindings` to the kernel, with counter slots from 0 up, all or
-    /// nothing: on failure the entries already written are removed again.
+    /// Publishes `bindings` toward `bridge`, with counter slots from 0 up, all or nothing.
+    /// Wildcard bindings cover the addresses of the last [`Dataplane::set_local_addrs`].
     ///
     /// # Errors
     ///
-    /// When a map write fails (the map is full, or the kernel refuses).
+    /// When a map write fails (a map is full, or the kernel refuses); nothing stays written.
     pub fn publish(
         &mut self,
         bindings: &[Binding],
@@ -91,56 +173,79 @@ impl Dataplane {
             })
             .collect();
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!(e).context(what))?;
-        let [map, stats] = self
-            .ebpf
-            .maps_disjoint_mut([names::BINDINGS_V4, names::BINDING_STATS]);
-        let mut map: HashMap<_, BindingKeyV4, BindingV4> = typed(map, names::BINDINGS_V4)?;
-        let mut stats: PerCpuArray<_, BindingStats> = typed(stats, names::BINDING_STATS)?;
-        for (done, entry) in published.iter().enumerate() {
-            let (key, value) = kernel_entry(entry, bridge.index);
-            let written = stats
+        let mut stats: PerCpuArray<_, BindingStats> = typed(
+            self.ebpf.map_mut(names::BINDING_STATS),
+            names::BINDING_STATS,
+        )?;
+        for entry in &published {
+            stats
                 .set(entry.id, zeroed_stats(cpus)?, 0)
-                .and_then(|()| map.insert(key, value, 0));
-            if let Err(error) = written {
-                for undo in &published[..done] {
-                    let _ = map.remove(&kernel_entry(undo, bridge.index).0);
-                }
-                return Err(error).with_context(|| {
-                    format!(
-                        "writing binding {} to {}",
-                        entry.binding,
-                        names::BINDINGS_V4
-                    )
-                });
-            }
+                .with_context(|| format!("zeroing the counters of {}", entry.binding))?;
         }
+        let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
+        let after = binding_entries(&published, &self.local_addrs, bridge.index);
+        self.apply_entries(&before, &after)?;
+        self.published = published.clone();
+        self.bridge_index = bridge.index;
         Ok(published)
     }
 
-    /// Replaces the set of local addresses a wildcard binding covers.
+    /// Sets the local addresses wildcard bindings cover, adding and removing only the kernel
+    /// entries that change.
     ///
     /// # Errors
     ///
-    /// When a map write fails.
+    /// When a map write fails; the previous addresses then stay in force.
     pub fn set_local_addrs(&mut self, addrs: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let mut map: HashMap<_, [u8; 4], u32> =
-            typed(self.ebpf.map_mut(names::LOCAL_V4), names::LOCAL_V4)?;
-        let stale: Vec<[u8; 4]> = map.keys().filter_map(Result::ok).collect();
-        for addr in addrs {
-            map.insert(addr.octets(), 0, 0)
-                .with_context(|| format!("adding local address {addr} to {}", names::LOCAL_V4))?;
+        let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
+        let after = binding_entries(&self.published, addrs, self.bridge_index);
+        self.apply_entries(&before, &after)?;
+        self.local_addrs = addrs.to_vec();
+        Ok(())
+    }
+
+    /// Moves the binding map from `before` to `after`: new and changed keys first, then stale
+    /// ones removed, so no key that stays is ever missing. On a failed write, what was written
+    /// is undone.
+    fn apply_entries(
+        &mut self,
+        before: &StdHashMap<BindingKeyV4, BindingV4>,
+        after: &StdHashMap<BindingKeyV4, BindingV4>,
+    ) -> anyhow::Result<()> {
+        let mut map: HashMap<_, BindingKeyV4, BindingV4> =
+            typed(self.ebpf.map_mut(names::BINDINGS_V4), names::BINDINGS_V4)?;
+        let mut written: Vec<BindingKeyV4> = Vec::new();
+        for (key, value) in after {
+            if before.get(key) == Some(value) {
+                continue;
+            }
+            if let Err(error) = map.insert(key, value, 0) {
+                for key in &written {
+                    let _ = match before.get(key) {
+                        Some(old) => map.insert(key, old, 0),
+                        None => map.remove(key),
+                    };
+                }
+                return Err(error).with_context(|| {
+                    format!(
+                        "writing {}:{} to {} ({} entries)",
+                        Ipv4Addr::from(key.addr),
+                        u16::from_be_bytes(key.port),
+                        names::BINDINGS_V4,
+                        after.len()
+                    )
+                });
+            }
+            written.push(*key);
         }
-        for old in stale
-            .iter()
-            .filter(|old| !addrs.contains(&Ipv4Addr::from(**old)))
-        {
-            let _ = map.remove(old);
+        for key in before.keys().filter(|key| !after.contains_key(key)) {
+            let _ = map.remove(key);
         }
         Ok(())
     }
 
-    /// Attaches `tc_reply` to the bridge, `tc_forward` and then `xdp_uplink` to the uplink: the
-    /// reverse path is in place before the first packet is translated.
+    /// Attaches `tc_reply` to the bridge, then the uplink's translation: the reverse path is in
+    /// place before the first packet is translated.
     ///
     /// # Errors
     ///
@@ -149,23 +254,26 @@ impl Dataplane {
         &mut self,
         uplink: &Interface,
         bridge: &Interface,
-        mode: XdpMode,
+        hook: UplinkHook,
     ) -> anyhow::Result<()> {
         self.attach_tc(programs::TC_REPLY, bridge)?;
+        let mode = match hook {
+            UplinkHook::Tc => return self.attach_tc(programs::TC_UPLINK, uplink),
+            UplinkHook::Xdp(mode) => mode,
+        };
         self.attach_tc(programs::TC_FORWARD, uplink)?;
         let xdp: &mut Xdp = self.program(programs::XDP_UPLINK)?;
-        xdp.attach_to_if_index(uplink.index, mode)
-            .map_err(|error| {
-                let hint = match mode {
-                    XdpMode::Skb => "",
-                    _ => " (the driver may lack native XDP: retry with `--xdp-mode skb`)",
-                };
-                anyhow!(error).context(format!(
-                    "attaching {} to {} in {mode:?} mode{hint}",
-                    programs::XDP_UPLINK,
-                    uplink.name
-                ))
-            })?;
+        xdp.attach_to_if_index(uplink.index, mode).map_err(|error| {
+            let hint = match mode {
+                XdpMode::Skb => "",
+                _ => " (the driver may lack native XDP: retry with `--xdp-mode skb` or `--hook tc`)",
+            };
+            anyhow!(error).context(format!(
+                "attaching {} to {} in {mode:?} mode{hint}",
+                programs::XDP_UPLINK,
+                uplink.name
+            ))
+        })?;
         Ok(())
     }
 
@@ -255,28 +363,6 @@ fn zeroed_stats(cpus: usize) -> Result<PerCpuValues<BindingStats>, io::Error> {
     PerCpuValues::try_from(vec![BindingStats::default(); cpus])
 }
 
-fn kernel_entry(entry: &Published, bridge_index: u32) -> (BindingKeyV4, BindingV4) {
-    let Binding {
-        host_ip,
-        host_port,
-        proto,
-        container,
-        origin: _,
-    } = &entry.binding;
-    let key = BindingKeyV4::new(
-        host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
-        *host_port,
-        proto.number(),
-    );
-    let value = BindingV4::new(
-        container.ip().octets(),
-        container.port(),
-        entry.id,
-        bridge_index,
-    );
-    (key, value)
-}
-
 /// A map of the object as its typed view, or an error naming it.
 fn typed<M, T>(map: Option<M>, name: &str) -> anyhow::Result<T>
 where
@@ -311,10 +397,13 @@ pub struct Pinned {
     dir: PathBuf,
 }
 
-/// A published binding read back from the kernel.
+/// A published binding read back from the kernel: every key that carries its counter slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelBinding {
+    /// Its first key (lowest address).
     pub key: BindingKeyV4,
+    /// How many keys it has: more than one is a wildcard binding expanded to local addresses.
+    pub keys: usize,
     pub value: BindingV4,
     pub stats: BindingStats,
 }
@@ -353,12 +442,27 @@ impl Pinned {
     pub fn bindings(&self) -> anyhow::Result<Vec<KernelBinding>> {
         let map: HashMap<_, BindingKeyV4, BindingV4> = self.map(names::BINDINGS_V4)?.try_into()?;
         let stats: PerCpuArray<_, BindingStats> = self.map(names::BINDING_STATS)?.try_into()?;
-        let mut out = Vec::new();
+        let mut by_id: std::collections::BTreeMap<u32, KernelBinding> = Default::default();
         for entry in map.iter() {
             let (key, value) = entry?;
-            let stats = sum_binding_stats(&stats, value.id)?;
-            out.push(KernelBinding { key, value, stats });
+            match by_id.entry(value.id) {
+                std::collections::btree_map::Entry::Occupied(mut seen) => {
+                    let seen = seen.get_mut();
+                    seen.keys += 1;
+                    seen.key = seen.key.min_by_addr(key);
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    let stats = sum_binding_stats(&stats, value.id)?;
+                    slot.insert(KernelBinding {
+                        key,
+                        keys: 1,
+                        value,
+                        stats,
+                    });
+                }
+            }
         }
+        let mut out: Vec<KernelBinding> = by_id.into_values().collect();
         out.sort_by_key(|b| (u16::from_be_bytes(b.key.port), b.key.proto, b.key.addr));
         Ok(out)
     }

@@ -1,12 +1,27 @@
-//! The binding plan: what should be published, resolved from specs and checked as a whole
+//! The binding plan: what should be published, resolved from requests and checked as a whole
 //! before anything touches the kernel.
+//!
+//! A [`Request`] is a spec, its target and where it came from (a `--publish` value or a compose
+//! entry). Planning expands each into [`Endpoint`]s the way the Docker daemon does (one per
+//! container port and address family), resolves services to container addresses through
+//! [`ContainerAddrs`], refuses two claims on one host port, then picks ephemeral and window
+//! ports from a [`PortPool`]. `check` ([`preview`]) stops before the picking, so it needs no
+//! addresses, no root and no /proc.
+//!
+//! What the dataplane serves today is IPv4 TCP and UDP, so `run` ([`Plan::build`]):
+//! - publishes a spec without host IP on every IPv4 address, and keeps its IPv6 twin (Docker
+//!   publishes `[::]` beside `0.0.0.0`, on the same port) in [`Plan::endpoints`], not served
+//!   yet, for when the kernel side learns IPv6;
+//! - refuses, naming the spec, an explicit IPv6 host IP, an IPv6 container, and sctp.
 
 use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    collections::{BTreeMap, BTreeSet},
+    fmt, fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    path::Path,
 };
 
-use crate::spec::{Proto, Publish, Target};
+use crate::spec::{ContainerAddr, HostPort, PortRange, PortSpec, Proto, Publish, Target};
 
 /// One published port, resolved: exactly what the kernel's binding map will hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,7 +31,7 @@ pub struct Binding {
     pub host_port: u16,
     pub proto: Proto,
     pub container: SocketAddrV4,
-    /// The spec it came from, as the user wrote it.
+    /// The spec it came from, as the user wrote it (or its compose file, line and entry).
     pub origin: String,
 }
 
@@ -52,7 +67,188 @@ impl fmt::Display for Binding {
     }
 }
 
-/// Why a set of specs cannot be published; nothing is applied when there is one.
+/// Where a request came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line value, as written.
+    Arg(String),
+    /// A compose file's `ports` entry.
+    Compose {
+        file: String,
+        line: usize,
+        /// `services.web.ports[0]`.
+        entry: String,
+        /// The short syntax as written, or the long syntax in canonical short form.
+        spec: String,
+    },
+}
+
+impl Source {
+    /// How messages name it: the text as written, or `FILE:LINE: ENTRY SPEC`.
+    pub fn origin(&self) -> String {
+        match self {
+            Self::Arg(text) => text.clone(),
+            Self::Compose {
+                file,
+                line,
+                entry,
+                spec,
+            } => format!("{file}:{line}: {entry} {spec}"),
+        }
+    }
+}
+
+/// A spec to publish, with its target and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub spec: PortSpec,
+    /// `None` only in `check`, for a spec given without `=TARGET`.
+    pub target: Option<Target>,
+    pub source: Source,
+}
+
+impl From<&Publish> for Request {
+    fn from(publish: &Publish) -> Self {
+        Self {
+            spec: publish.spec.clone(),
+            target: Some(publish.target.clone()),
+            source: Source::Arg(publish.text.clone()),
+        }
+    }
+}
+
+/// Where service names get their container's address. `--container SERVICE=IP` is one source
+/// ([`StaticAddrs`]); a Docker Engine query can be another.
+pub trait ContainerAddrs {
+    /// The address of the one container behind `service`, or `None` when this source does not
+    /// know the service.
+    ///
+    /// # Errors
+    ///
+    /// A reason when the service has no single container (several addresses, replicas).
+    fn addr_of(&self, service: &str) -> Result<Option<IpAddr>, String>;
+}
+
+/// Addresses given on the command line with `--container SERVICE=IP`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StaticAddrs {
+    by_service: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl StaticAddrs {
+    pub fn new(given: &[ContainerAddr]) -> Self {
+        let mut by_service: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for ContainerAddr { service, addr } in given {
+            let addrs = by_service.entry(service.clone()).or_default();
+            // The same address twice is one container; only differing ones are ambiguous.
+            if !addrs.contains(addr) {
+                addrs.push(*addr);
+            }
+        }
+        Self { by_service }
+    }
+
+    /// The services given an address, for spotting names no spec uses.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.by_service.keys().map(String::as_str)
+    }
+}
+
+impl ContainerAddrs for StaticAddrs {
+    fn addr_of(&self, service: &str) -> Result<Option<IpAddr>, String> {
+        match self.by_service.get(service).map(Vec::as_slice) {
+            None | Some([]) => Ok(None),
+            Some([addr]) => Ok(Some(*addr)),
+            Some(several) => Err(format!(
+                "--container gives it several addresses ({}), but a published port goes to one \
+                 container",
+                several
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// One host address and port Docker would publish, for one container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address it listens on; `0.0.0.0` or `::` for every local address of that family.
+    pub host_ip: IpAddr,
+    /// The chosen host port; 0 while an ephemeral or window port is not picked yet (`check`).
+    pub host_port: u16,
+    /// What the spec asked for.
+    pub asked: HostPort,
+    pub proto: Proto,
+    pub container_port: u16,
+    /// The compose service or `=SERVICE` target, if the target was a name.
+    pub service: Option<String>,
+    /// `None` while a service is unresolved (`check` without `--container`).
+    pub container_ip: Option<IpAddr>,
+    /// The IPv6 twin of a spec without host IP (Docker's implicit `[::]` binding).
+    pub implicit_ipv6: bool,
+    pub source: Source,
+    /// Endpoints of one mapping (IPv4 and its IPv6 twin) share a host port.
+    group: usize,
+}
+
+impl Endpoint {
+    /// Why the dataplane does not serve this endpoint today, if it does not.
+    pub fn unserved(&self) -> Option<&'static str> {
+        if self.proto == Proto::Sctp {
+            Some("sctp: the dataplane serves tcp and udp")
+        } else if self.host_ip.is_ipv6() {
+            Some("IPv6: not served yet")
+        } else if self.container_ip.is_some_and(|ip| ip.is_ipv6()) {
+            Some("IPv6 container: not served yet")
+        } else {
+            None
+        }
+    }
+
+    /// The host port as `check` shows it: the port, `0` for ephemeral, the window's range.
+    pub fn host_port_text(&self) -> String {
+        match (self.host_port, self.asked) {
+            (0, asked) => asked.to_string(),
+            (port, _) => port.to_string(),
+        }
+    }
+
+    fn overlaps(&self, other: &Self) -> bool {
+        self.proto == other.proto
+            && self.host_port == other.host_port
+            && self.host_ip.is_ipv4() == other.host_ip.is_ipv4()
+            && (self.host_ip.is_unspecified()
+                || other.host_ip.is_unspecified()
+                || self.host_ip == other.host_ip)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// `docker port` style, then the container: `8000/tcp -> 0.0.0.0:9999 => web:8000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} -> {}",
+            self.container_port,
+            self.proto,
+            crate::spec::host_and_port(self.host_ip, self.host_port_text())
+        )?;
+        match (&self.container_ip, &self.service) {
+            (Some(ip), _) => write!(
+                f,
+                " => {}",
+                crate::spec::host_and_port(*ip, self.container_port)
+            ),
+            (None, Some(service)) => write!(f, " => {service}:{}", self.container_port),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// Why a set of requests cannot be published; nothing is applied when there is one.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PlanError {
     /// Two specs want the same host port.
@@ -64,6 +260,27 @@ pub enum PlanError {
     },
     /// Something the dataplane cannot do yet.
     Unsupported { spec: String, reason: String },
+    /// A service target with no known container address.
+    Unresolved { spec: String, service: String },
+    /// A spec without a target where one is needed.
+    NoTarget { spec: String },
+    /// The address source refused a service.
+    Container { service: String, reason: String },
+    /// No free port left for an ephemeral or window request.
+    NoFreePort {
+        spec: String,
+        proto: Proto,
+        range: PortRange,
+    },
+    /// The system's port state could not be read (not the input's fault).
+    System(String),
+}
+
+impl PlanError {
+    /// Whether the input is at fault (exit 2) rather than the system (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Self::System(_))
+    }
 }
 
 impl fmt::Display for PlanError {
@@ -79,6 +296,22 @@ impl fmt::Display for PlanError {
                 "host port {port}/{proto} is published twice: by {first:?} and by {second:?}"
             ),
             Self::Unsupported { spec, reason } => write!(f, "cannot publish {spec:?}: {reason}"),
+            Self::Unresolved { spec, service } => write!(
+                f,
+                "{spec:?} publishes to service {service:?}, which has no container address: \
+                 give it with --container {service}=IP"
+            ),
+            Self::NoTarget { spec } => write!(
+                f,
+                "{spec:?} has no target: write SPEC=CONTAINER_IP or SPEC=SERVICE"
+            ),
+            Self::Container { service, reason } => write!(f, "service {service:?}: {reason}"),
+            Self::NoFreePort { spec, proto, range } => write!(
+                f,
+                "no free host port for {spec:?}: every port of {range}/{proto} is reserved, in \
+                 use, or taken by another binding"
+            ),
+            Self::System(reason) => f.write_str(reason),
         }
     }
 }
@@ -88,70 +321,394 @@ impl std::error::Error for PlanError {}
 /// Everything to publish, free of conflicts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// What the kernel serves: the IPv4 endpoints.
     pub bindings: Vec<Binding>,
+    /// Everything Docker would publish, ports chosen, including the IPv6 twins not served yet.
+    pub endpoints: Vec<Endpoint>,
 }
 
 impl Plan {
-    /// Resolves and checks `publishes` as a whole.
+    /// Plans `publishes` (which name containers by address), picking any ephemeral port from
+    /// this host's free ports.
     ///
     /// # Errors
     ///
-    /// The first conflict or unsupported spec, naming the specs involved.
+    /// As [`Plan::build`].
     pub fn new(publishes: &[Publish]) -> Result<Self, PlanError> {
-        let mut bindings: Vec<Binding> = Vec::with_capacity(publishes.len());
-        for publish in publishes {
-            let binding = resolve(publish)?;
-            if let Some(earlier) = bindings.iter().find(|b| b.overlaps(&binding)) {
-                return Err(PlanError::Conflict {
-                    first: earlier.origin.clone(),
-                    second: binding.origin,
-                    port: binding.host_port,
-                    proto: binding.proto,
-                });
-            }
-            bindings.push(binding);
+        let requests: Vec<Request> = publishes.iter().map(Request::from).collect();
+        Self::build(&requests, &StaticAddrs::default(), PortPool::from_system)
+    }
+
+    /// Resolves, checks and allocates `requests` as a whole, for `run`. `pool` is called only
+    /// when some request needs a port picked.
+    ///
+    /// # Errors
+    ///
+    /// The first unresolved target, unsupported spec, conflict or exhausted range, naming the
+    /// specs involved; [`PlanError::System`] when `pool` fails.
+    pub fn build(
+        requests: &[Request],
+        addrs: &dyn ContainerAddrs,
+        pool: impl FnOnce() -> io::Result<PortPool>,
+    ) -> Result<Self, PlanError> {
+        let mut endpoints = expand(requests, addrs, true)?;
+        refuse_unserved(&endpoints)?;
+        check_conflicts(&endpoints)?;
+        if endpoints.iter().any(|e| e.host_port == 0) {
+            let pool = pool().map_err(|e| PlanError::System(e.to_string()))?;
+            allocate(&mut endpoints, &pool)?;
         }
-        Ok(Self { bindings })
+        let bindings = endpoints.iter().filter_map(kernel_binding).collect();
+        Ok(Self {
+            bindings,
+            endpoints,
+        })
+    }
+
+    /// The endpoints the dataplane does not serve (the IPv6 twins), for a note.
+    pub fn unserved(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| e.unserved().is_some())
     }
 }
 
-fn resolve(publish: &Publish) -> Result<Binding, PlanError> {
-    let unsupported = |reason: &str| PlanError::Unsupported {
-        spec: publish.text.clone(),
-        reason: reason.to_owned(),
-    };
-    let spec = &publish.spec;
-    let host_ip = match spec.host_ip {
-        None => None,
-        Some(IpAddr::V4(ip)) if ip.is_unspecified() => None,
-        Some(IpAddr::V4(ip)) => Some(ip),
-        Some(IpAddr::V6(_)) => {
-            return Err(unsupported("IPv6 host addresses are not supported yet"));
+/// What `check` shows: every endpoint, services resolved where `addrs` knows them, fixed ports
+/// checked for conflicts, ephemeral and window ports not picked (0).
+///
+/// # Errors
+///
+/// A conflict between fixed ports, or a service `addrs` refuses.
+pub fn preview(
+    requests: &[Request],
+    addrs: &dyn ContainerAddrs,
+) -> Result<Vec<Endpoint>, PlanError> {
+    let endpoints = expand(requests, addrs, false)?;
+    check_conflicts(&endpoints)?;
+    Ok(endpoints)
+}
+
+/// One endpoint per container port and family: a spec without host IP gets an IPv4 endpoint
+/// on `0.0.0.0` and its IPv6 twin on `::`, sharing one host port (moby's `sortAndNormPBs`).
+fn expand(
+    requests: &[Request],
+    addrs: &dyn ContainerAddrs,
+    resolve_all: bool,
+) -> Result<Vec<Endpoint>, PlanError> {
+    let mut endpoints = Vec::new();
+    let mut group = 0;
+    for request in requests {
+        let origin = || request.source.origin();
+        let (service, container_ip) = match &request.target {
+            Some(Target::Addr(ip)) => (None, Some(*ip)),
+            Some(Target::Service(name)) => {
+                let ip = addrs.addr_of(name).map_err(|reason| PlanError::Container {
+                    service: name.clone(),
+                    reason,
+                })?;
+                if ip.is_none() && resolve_all {
+                    return Err(PlanError::Unresolved {
+                        spec: origin(),
+                        service: name.clone(),
+                    });
+                }
+                (Some(name.clone()), ip)
+            }
+            None if resolve_all => return Err(PlanError::NoTarget { spec: origin() }),
+            None => (None, None),
+        };
+        for mapping in request.spec.mappings() {
+            let host_ips: &[(IpAddr, bool)] = match mapping.host_ip {
+                Some(ip) => &[(ip, false)],
+                None => &[
+                    (IpAddr::V4(Ipv4Addr::UNSPECIFIED), false),
+                    (IpAddr::V6(Ipv6Addr::UNSPECIFIED), true),
+                ],
+            };
+            for &(host_ip, implicit_ipv6) in host_ips {
+                endpoints.push(Endpoint {
+                    host_ip,
+                    host_port: match mapping.host_port {
+                        HostPort::Fixed(port) => port,
+                        HostPort::Ephemeral | HostPort::Window(_) => 0,
+                    },
+                    asked: mapping.host_port,
+                    proto: mapping.proto,
+                    container_port: mapping.container_port,
+                    service: service.clone(),
+                    container_ip,
+                    implicit_ipv6,
+                    source: request.source.clone(),
+                    group,
+                });
+            }
+            group += 1;
         }
-    };
-    let Target::Addr(IpAddr::V4(container_ip)) = publish.target else {
-        return Err(unsupported(
-            "IPv6 container addresses are not supported yet",
-        ));
-    };
-    let (Some(host_ports), container_ports) = (spec.host_ports, spec.container_ports) else {
-        return Err(unsupported("an ephemeral host port is not supported yet"));
-    };
-    if host_ports.start != host_ports.end || container_ports.start != container_ports.end {
-        return Err(unsupported("port ranges are not supported yet"));
     }
-    Ok(Binding {
-        host_ip,
-        host_port: host_ports.start,
-        proto: spec.proto,
-        container: SocketAddrV4::new(container_ip, container_ports.start),
-        origin: publish.text.clone(),
+    Ok(endpoints)
+}
+
+/// `run` refuses what the dataplane cannot serve, except the IPv6 twin of a wildcard spec,
+/// which is left out (its IPv4 side is served).
+fn refuse_unserved(endpoints: &[Endpoint]) -> Result<(), PlanError> {
+    for endpoint in endpoints.iter().filter(|e| !e.implicit_ipv6) {
+        let reason = if endpoint.proto == Proto::Sctp {
+            "sctp is not served: the dataplane handles tcp and udp only"
+        } else if endpoint.host_ip.is_ipv6() {
+            "IPv6 host addresses are not served yet (the dataplane is IPv4-only)"
+        } else if endpoint.container_ip.is_some_and(|ip| ip.is_ipv6()) {
+            "IPv6 container addresses are not served yet (the dataplane is IPv4-only)"
+        } else {
+            continue;
+        };
+        return Err(PlanError::Unsupported {
+            spec: endpoint.source.origin(),
+            reason: reason.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Two fixed claims on one host port (same protocol, port and family; the same address or
+/// either the wildcard) are refused, naming both. Claims are grouped by port first, so that
+/// ten thousand specs cost ten thousand steps, not fifty million comparisons.
+fn check_conflicts(endpoints: &[Endpoint]) -> Result<(), PlanError> {
+    let mut by_port: std::collections::HashMap<(Proto, u16, bool), Vec<&Endpoint>> =
+        std::collections::HashMap::new();
+    for later in endpoints.iter().filter(|e| e.host_port != 0) {
+        let claims = by_port
+            .entry((later.proto, later.host_port, later.host_ip.is_ipv4()))
+            .or_default();
+        if let Some(earlier) = claims.iter().find(|e| e.overlaps(later)) {
+            return Err(PlanError::Conflict {
+                first: earlier.source.origin(),
+                second: later.source.origin(),
+                port: later.host_port,
+                proto: later.proto,
+            });
+        }
+        claims.push(later);
+    }
+    Ok(())
+}
+
+/// Picks a host port for every ephemeral and window group, the same port for both families
+/// of a group, the lowest free one first (what Docker's allocator picks first).
+fn allocate(endpoints: &mut [Endpoint], pool: &PortPool) -> Result<(), PlanError> {
+    // Any claim on (proto, port) by this plan rules the port out, whatever the address: simpler
+    // than Docker's per-address books, and never wrong, only sometimes more cautious.
+    let mut taken: BTreeSet<(Proto, u16)> = endpoints
+        .iter()
+        .filter(|e| e.host_port != 0)
+        .map(|e| (e.proto, e.host_port))
+        .collect();
+    let mut i = 0;
+    while i < endpoints.len() {
+        let group = endpoints[i].group;
+        let members = endpoints[i..]
+            .iter()
+            .take_while(|e| e.group == group)
+            .count();
+        let first = &endpoints[i];
+        if first.host_port == 0 {
+            let proto = first.proto;
+            // Docker skips ip_local_reserved_ports only for the ephemeral range: an explicit
+            // window is honoured as given, like an explicit port.
+            let (range, skip_reserved) = match first.asked {
+                HostPort::Window(window) => (window, false),
+                HostPort::Ephemeral | HostPort::Fixed(_) => (pool.ephemeral, true),
+            };
+            let unavailable = |port: u16| {
+                port == 0
+                    || (skip_reserved && pool.is_reserved(port))
+                    || pool.is_in_use(proto, port)
+                    || taken.contains(&(proto, port))
+            };
+            let port = range
+                .ports()
+                .find(|&port| !unavailable(port))
+                .ok_or_else(|| PlanError::NoFreePort {
+                    spec: first.source.origin(),
+                    proto,
+                    range,
+                })?;
+            taken.insert((proto, port));
+            for member in &mut endpoints[i..i + members] {
+                member.host_port = port;
+            }
+        }
+        i += members;
+    }
+    Ok(())
+}
+
+fn kernel_binding(endpoint: &Endpoint) -> Option<Binding> {
+    let (IpAddr::V4(host_ip), Some(IpAddr::V4(container_ip))) =
+        (endpoint.host_ip, endpoint.container_ip)
+    else {
+        return None;
+    };
+    Some(Binding {
+        host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
+        host_port: endpoint.host_port,
+        proto: endpoint.proto,
+        container: SocketAddrV4::new(container_ip, endpoint.container_port),
+        origin: endpoint.source.origin(),
     })
+}
+
+/// The host's free ports, as the allocator sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPool {
+    /// Where ephemeral ports come from: `ip_local_port_range`.
+    pub ephemeral: PortRange,
+    /// `ip_local_reserved_ports`: the kernel keeps them out of its own picks, and so do we.
+    pub reserved: Vec<PortRange>,
+    /// Ports some local socket already has, per protocol.
+    pub in_use: BTreeSet<(Proto, u16)>,
+}
+
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+const SOCKET_TABLES: [(&str, Proto); 4] = [
+    ("/proc/net/tcp", Proto::Tcp),
+    ("/proc/net/tcp6", Proto::Tcp),
+    ("/proc/net/udp", Proto::Udp),
+    ("/proc/net/udp6", Proto::Udp),
+];
+
+impl PortPool {
+    /// This network namespace's ranges and sockets, from /proc.
+    ///
+    /// # Errors
+    ///
+    /// When a file cannot be read or parsed, naming it; a missing IPv6 table is no error.
+    pub fn from_system() -> io::Result<Self> {
+        let read = |path: &str| {
+            fs::read_to_string(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("reading {path}: {e}")))
+        };
+        let invalid = |path: &str, reason: String| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {reason}"))
+        };
+        let ephemeral = parse_port_range(&read(PORT_RANGE)?).map_err(|r| invalid(PORT_RANGE, r))?;
+        let reserved =
+            parse_reserved_ports(&read(RESERVED_PORTS)?).map_err(|r| invalid(RESERVED_PORTS, r))?;
+        let mut in_use = BTreeSet::new();
+        for (path, proto) in SOCKET_TABLES {
+            let table = match fs::read_to_string(Path::new(path)) {
+                Ok(table) => table,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("reading {path}: {e}"))),
+            };
+            let ports = parse_socket_table(&table).map_err(|r| invalid(path, r))?;
+            in_use.extend(ports.into_iter().map(|port| (proto, port)));
+        }
+        Ok(Self {
+            ephemeral,
+            reserved,
+            in_use,
+        })
+    }
+
+    fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.iter().any(|range| range.contains(port))
+    }
+
+    fn is_in_use(&self, proto: Proto, port: u16) -> bool {
+        self.in_use.contains(&(proto, port))
+    }
+}
+
+/// `ip_local_port_range`: two numbers, tab-separated.
+fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let numbers: Vec<&str> = text.split_whitespace().collect();
+    let [start, end] = numbers[..] else {
+        return Err(format!("expected two port numbers, found {text:?}"));
+    };
+    let port = |n: &str| {
+        n.parse::<u16>()
+            .map_err(|_| format!("{n:?} is not a port number"))
+    };
+    let (start, end) = (port(start)?, port(end)?);
+    if end < start {
+        return Err(format!("range {start}-{end} ends before it starts"));
+    }
+    Ok(PortRange { start, end })
+}
+
+/// `ip_local_reserved_ports`: a comma-separated list of ports and ranges, maybe empty.
+fn parse_reserved_ports(text: &str) -> Result<Vec<PortRange>, String> {
+    text.trim()
+        .split(',')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| PortRange::parse(entry, "reserved port"))
+        .collect()
+}
+
+/// The local ports of a `/proc/net/{tcp,udp}[6]` table: the second column is
+/// `ADDRESS:PORT`, both hex.
+fn parse_socket_table(text: &str) -> Result<BTreeSet<u16>, String> {
+    let mut ports = BTreeSet::new();
+    for line in text.lines().skip(1) {
+        let Some(local) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let port = local
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+            .ok_or_else(|| format!("unexpected local address {local:?}"))?;
+        ports.insert(port);
+    }
+    Ok(ports)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::SpecArg;
+
+    fn requests(specs: &[&str]) -> Vec<Request> {
+        specs
+            .iter()
+            .map(|s| {
+                let arg: SpecArg = s.parse().unwrap_or_else(|e| panic!("{e}"));
+                Request {
+                    spec: arg.spec,
+                    target: arg.target,
+                    source: Source::Arg(arg.text),
+                }
+            })
+            .collect()
+    }
+
+    /// A pool with ephemeral ports 100-109, 101 and 104-105 reserved, tcp 100 and 102 in use.
+    fn pool() -> PortPool {
+        PortPool {
+            ephemeral: PortRange {
+                start: 100,
+                end: 109,
+            },
+            reserved: vec![
+                PortRange::single(101),
+                PortRange {
+                    start: 104,
+                    end: 105,
+                },
+            ],
+            in_use: [(Proto::Tcp, 100), (Proto::Tcp, 102)].into(),
+        }
+    }
+
+    fn build(specs: &[&str]) -> Result<Plan, PlanError> {
+        build_with(specs, &StaticAddrs::default())
+    }
+
+    fn build_with(specs: &[&str], addrs: &StaticAddrs) -> Result<Plan, PlanError> {
+        Plan::build(&requests(specs), addrs, || Ok(pool()))
+    }
+
+    fn shown(plan: &Plan) -> Vec<String> {
+        plan.endpoints.iter().map(ToString::to_string).collect()
+    }
 
     fn plan(specs: &[&str]) -> Result<Plan, PlanError> {
         let publishes: Vec<Publish> = specs.iter().map(|s| s.parse().unwrap()).collect();
@@ -186,6 +743,8 @@ mod tests {
     fn wildcard_conflicts_with_a_specific_address() {
         let err = plan(&["10.0.0.1:80:80=172.17.0.2", "0.0.0.0:80:80=172.17.0.3"]).unwrap_err();
         assert!(matches!(err, PlanError::Conflict { port: 80, .. }), "{err}");
+        let err = plan(&["10.0.0.1:80:80=172.17.0.2", "80:80=172.17.0.3"]).unwrap_err();
+        assert!(matches!(err, PlanError::Conflict { port: 80, .. }), "{err}");
     }
 
     #[test]
@@ -193,9 +752,282 @@ mod tests {
         assert!(plan(&["10.0.0.1:80:80=172.17.0.2", "10.0.0.2:80:80=172.17.0.3"]).is_ok());
     }
 
+    // Families are separate: 0.0.0.0 is IPv4 only and :: IPv6 only; no host IP is both.
+    #[test]
+    fn families_conflict_only_within_themselves() {
+        let ok = preview(
+            &requests(&["0.0.0.0:80:80=web", "[::]:80:80=db"]),
+            &StaticAddrs::default(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = preview(
+            &requests(&["80:80=web", "[::1]:80:81=db"]),
+            &StaticAddrs::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"host port 80/tcp is published twice: by "80:80=web" and by "[::1]:80:81=db""#
+        );
+    }
+
     #[test]
     fn ipv6_is_refused_by_name() {
         let err = plan(&["[::1]:80:80=172.17.0.2"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"cannot publish "[::1]:80:80=172.17.0.2": IPv6 host addresses are not served yet (the dataplane is IPv4-only)"#
+        );
+        let err = plan(&["::::80=172.17.0.2"]).unwrap_err();
         assert!(err.to_string().contains("IPv6 host addresses"), "{err}");
+        let err = plan(&["8080:80=fd00::2"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"cannot publish "8080:80=fd00::2": IPv6 container addresses are not served yet (the dataplane is IPv4-only)"#
+        );
+    }
+
+    #[test]
+    fn sctp_parses_but_run_refuses_it() {
+        let err = build(&["3868:3868/sctp=172.17.0.2"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"cannot publish "3868:3868/sctp=172.17.0.2": sctp is not served: the dataplane handles tcp and udp only"#
+        );
+        let shown: Vec<String> = preview(
+            &requests(&["3868:3868/sctp=172.17.0.2"]),
+            &StaticAddrs::default(),
+        )
+        .unwrap()
+        .iter()
+        .map(|e| format!("{e} ({})", e.unserved().unwrap()))
+        .collect();
+        assert_eq!(
+            shown,
+            [
+                "3868/sctp -> 0.0.0.0:3868 => 172.17.0.2:3868 (sctp: the dataplane serves tcp and udp)",
+                "3868/sctp -> [::]:3868 => 172.17.0.2:3868 (sctp: the dataplane serves tcp and udp)",
+            ]
+        );
+    }
+
+    // A wildcard spec: the IPv4 binding is served, its IPv6 twin is planned but not served.
+    #[test]
+    fn wildcard_publishes_ipv4_and_keeps_the_ipv6_twin_unserved() {
+        let plan = build(&["8080:80=172.17.0.2"]).unwrap();
+        assert_eq!(
+            plan.bindings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["80/tcp -> 0.0.0.0:8080 => 172.17.0.2:80"]
+        );
+        assert_eq!(
+            shown(&plan),
+            [
+                "80/tcp -> 0.0.0.0:8080 => 172.17.0.2:80",
+                "80/tcp -> [::]:8080 => 172.17.0.2:80",
+            ]
+        );
+        let unserved: Vec<_> = plan.unserved().collect();
+        assert_eq!(unserved.len(), 1);
+        assert!(unserved[0].implicit_ipv6);
+        assert_eq!(unserved[0].unserved(), Some("IPv6: not served yet"));
+    }
+
+    #[test]
+    fn explicit_ipv4_wildcard_has_no_ipv6_twin() {
+        let plan = build(&["0.0.0.0:8080:80=172.17.0.2"]).unwrap();
+        assert_eq!(shown(&plan), ["80/tcp -> 0.0.0.0:8080 => 172.17.0.2:80"]);
+        assert_eq!(plan.bindings[0].host_ip, None);
+    }
+
+    #[test]
+    fn pairwise_range_is_one_binding_per_port() {
+        let plan = build(&["127.0.0.1:5000-5001:6000-6001/udp=172.17.0.3"]).unwrap();
+        assert_eq!(
+            plan.bindings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "6000/udp -> 127.0.0.1:5000 => 172.17.0.3:6000",
+                "6001/udp -> 127.0.0.1:5001 => 172.17.0.3:6001",
+            ]
+        );
+    }
+
+    // Ephemeral: the lowest port of the range that is not reserved, in use or already taken,
+    // the same for both families.
+    #[test]
+    fn allocation_ephemeral_skips_reserved_in_use_and_taken() {
+        let plan = build(&[
+            "80=172.17.0.2",
+            "127.0.0.1::81=172.17.0.2",
+            "103:82=172.17.0.2",
+        ])
+        .unwrap();
+        assert_eq!(
+            shown(&plan),
+            [
+                // 100 in use, 101 reserved, 102 in use, 103 taken by the fixed spec.
+                "80/tcp -> 0.0.0.0:106 => 172.17.0.2:80",
+                "80/tcp -> [::]:106 => 172.17.0.2:80",
+                "81/tcp -> 127.0.0.1:107 => 172.17.0.2:81",
+                "82/tcp -> 0.0.0.0:103 => 172.17.0.2:82",
+                "82/tcp -> [::]:103 => 172.17.0.2:82",
+            ]
+        );
+    }
+
+    #[test]
+    fn allocation_is_per_protocol() {
+        let plan = build(&["53/udp=172.17.0.2", "53=172.17.0.2"]).unwrap();
+        // udp 100 is free; tcp 100 and 102 are in use, 101 reserved.
+        assert_eq!(plan.bindings[0].host_port, 100);
+        assert_eq!(plan.bindings[1].host_port, 103);
+    }
+
+    #[test]
+    fn allocation_host_port_zero_is_ephemeral() {
+        let plan = build(&["0:80=172.17.0.2"]).unwrap();
+        assert_eq!(plan.bindings[0].host_port, 103);
+    }
+
+    // A window is honoured as given (reserved ports too, as Docker does), minus in-use ports.
+    #[test]
+    fn allocation_window_takes_one_free_port_of_the_window() {
+        let plan = build(&["100-105:8080=172.17.0.2"]).unwrap();
+        assert_eq!(plan.bindings.len(), 1);
+        assert_eq!(plan.bindings[0].host_port, 101);
+        let plan = build(&["101:80=172.17.0.2", "100-105:8080=172.17.0.2"]).unwrap();
+        assert_eq!(plan.bindings[1].host_port, 103);
+    }
+
+    #[test]
+    fn allocation_names_the_spec_when_nothing_is_free() {
+        // 100 is in use, 101 taken by the first spec.
+        let err = build(&["101:80=172.17.0.2", "100-101:8080=172.17.0.2"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"no free host port for "100-101:8080=172.17.0.2": every port of 100-101/tcp is reserved, in use, or taken by another binding"#
+        );
+        let eight: Vec<String> = (0..8).map(|i| format!("{}=172.17.0.2", 80 + i)).collect();
+        let eight: Vec<&str> = eight.iter().map(String::as_str).collect();
+        // 100-109 less 100, 101, 102, 104, 105: five free ports for eight requests.
+        let err = build(&eight).unwrap_err();
+        assert!(
+            matches!(err, PlanError::NoFreePort { ref spec, .. } if spec == "85=172.17.0.2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pool_is_read_only_when_a_port_must_be_picked() {
+        let plan = Plan::build(
+            &requests(&["8080:80=172.17.0.2"]),
+            &StaticAddrs::default(),
+            || Err(io::Error::other("must not be called")),
+        );
+        assert!(plan.is_ok());
+        let err = Plan::build(
+            &requests(&["80=172.17.0.2"]),
+            &StaticAddrs::default(),
+            || {
+                Err(io::Error::other(
+                    "reading /proc/sys/net/ipv4/ip_local_port_range: denied",
+                ))
+            },
+        )
+        .unwrap_err();
+        assert!(!err.is_bad_input());
+    }
+
+    #[test]
+    fn services_resolve_through_container_addrs() {
+        let addrs = StaticAddrs::new(&["web=172.17.0.2".parse().unwrap()]);
+        let plan = build_with(&["9999:8000=web"], &addrs).unwrap();
+        assert_eq!(
+            plan.bindings[0].to_string(),
+            "8000/tcp -> 0.0.0.0:9999 => 172.17.0.2:8000"
+        );
+        assert_eq!(plan.endpoints[0].service.as_deref(), Some("web"));
+
+        let err = build_with(&["9999:8000=db"], &addrs).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#""9999:8000=db" publishes to service "db", which has no container address: give it with --container db=IP"#
+        );
+
+        let twice = StaticAddrs::new(&[
+            "web=172.17.0.2".parse().unwrap(),
+            "web=172.17.0.2".parse().unwrap(),
+        ]);
+        assert!(build_with(&["9999:8000=web"], &twice).is_ok());
+        let several = StaticAddrs::new(&[
+            "web=172.17.0.2".parse().unwrap(),
+            "web=172.17.0.3".parse().unwrap(),
+        ]);
+        let err = build_with(&["9999:8000=web"], &several).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"service "web": --container gives it several addresses (172.17.0.2, 172.17.0.3), but a published port goes to one container"#
+        );
+    }
+
+    #[test]
+    fn preview_leaves_services_and_ephemeral_ports_open() {
+        let endpoints = preview(
+            &requests(&["9999:8000=webapp-flet", "127.0.0.1::5000", "80-90:8080=web"]),
+            &StaticAddrs::default(),
+        )
+        .unwrap();
+        let shown: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "8000/tcp -> 0.0.0.0:9999 => webapp-flet:8000",
+                "8000/tcp -> [::]:9999 => webapp-flet:8000",
+                "5000/tcp -> 127.0.0.1:0",
+                "8080/tcp -> 0.0.0.0:80-90 => web:8080",
+                "8080/tcp -> [::]:80-90 => web:8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn proc_files_parse() {
+        assert_eq!(
+            parse_port_range("32768\t60999\n").unwrap(),
+            PortRange {
+                start: 32768,
+                end: 60999
+            }
+        );
+        assert!(parse_port_range("32768\n").is_err());
+        assert_eq!(parse_reserved_ports("\n").unwrap(), []);
+        assert_eq!(
+            parse_reserved_ports("8080,30000-32767\n").unwrap(),
+            [
+                PortRange::single(8080),
+                PortRange {
+                    start: 30000,
+                    end: 32767
+                }
+            ]
+        );
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+                   0: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 20641 1 0000000000000000 100 0 0 10 0\n   \
+                   1: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 20642 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(parse_socket_table(tcp).unwrap(), [3306, 8080].into());
+        let tcp6 = "  sl  local_address                         remote_address                        st\n   \
+                    0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A\n";
+        assert_eq!(parse_socket_table(tcp6).unwrap(), [22].into());
+    }
+
+    #[test]
+    fn system_pool_reads_this_namespace() {
+        let pool = PortPool::from_system().expect("/proc is readable");
+        assert!(pool.ephemeral.start <= pool.ephemeral.end);
     }
 }

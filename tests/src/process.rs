@@ -16,18 +16,19 @@ use crate::netns::Netns;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `portmap` binary of this build: `$PORTMAP_BIN`, or next to the test executable's
-/// directory (`target/<profile>/portmap`).
+/// The `portmap` binary of this build: `$PORTMAP_BIN`, or the one in the same target profile
+/// directory as the running executable (a test in `target/<profile>/deps`, or a binary such as
+/// the demo in `target/<profile>`).
 pub fn portmap_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("PORTMAP_BIN") {
         return path.into();
     }
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in target/<profile>/deps");
-    let bin = profile_dir.join("portmap");
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe.parent().expect("an executable lives in a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps lives in the profile directory");
+    }
+    let bin = dir.join("portmap");
     assert!(
         bin.exists(),
         "{} is missing: build it first (`cargo build -p portmap-user`, which `cargo xtask test` does)",
@@ -112,6 +113,11 @@ impl Portmap {
                 }
             }
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `portmap stats` for this instance.

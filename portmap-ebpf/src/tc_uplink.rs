@@ -1,0 +1,37 @@
+//! `tc_uplink`: the uplink's translation at TC ingress, for uplinks where native XDP costs more
+//! than it saves. A veth, for one, copies every skb that is cloned or has less than 256 bytes of
+//! headroom into a fresh page before it can run XDP; TC works on the skb that exists anyway. The
+//! translated packet goes straight to the container's bridge, as `tc_forward` sends XDP's.
+
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+use portmap_common::Reason;
+
+use crate::{
+    parse,
+    rewrite::Skb,
+    tc_forward::{Verdict, pass, redirect_neigh_to},
+    translate,
+};
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> Verdict {
+    if !parse::pull_headers(ctx) {
+        return pass(Reason::UplinkPassTruncated);
+    }
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match translate::v4(ctx, &Skb(ctx), ifindex, ctx.len().into(), true) {
+        Ok(translated) if translated.forwardable && !translated.vlan_tagged => Verdict {
+            reason: Reason::UplinkTranslated,
+            action: redirect_neigh_to(translated.egress_ifindex, translated.container),
+        },
+        // Translated, but the stack forwards it: its TTL expires here (the stack sends the
+        // ICMP), or its VLAN tag lives outside the frame at TC.
+        Ok(_) => pass(Reason::UplinkTranslated),
+        Err(reason @ Reason::UplinkDropWriteFailed) => Verdict {
+            reason,
+            action: TC_ACT_SHOT,
+        },
+        Err(reason) => pass(reason),
+    }
+}
