@@ -4,6 +4,7 @@
 //! eBPF toolchain yet: `setup` is what installs it.
 
 mod setup;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -54,6 +55,13 @@ enum Task {
     /// Build a Docker-like sandbox in namespaces, publish three services through portmap,
     /// send real requests through each, print what happened, and tear it all down.
     Demo,
+    /// Boot Debian's kernels under qemu and, in each, load every program (verifier), run the
+    /// packet table and attach XDP and TC to a veth pair; prints a kernel × program table.
+    VmTest {
+        /// Kernel series to test, comma-separated (default: all of them).
+        #[arg(long, value_delimiter = ',', value_name = "SERIES", default_values_t = vm::KERNELS.map(String::from))]
+        kernel: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +108,7 @@ fn run(task: Task) -> anyhow::Result<()> {
                     .env("PORTMAP_BIN", root.join("target/release/portmap")),
             )
         }
+        Task::VmTest { kernel } => vm::run(&kernel),
     }
 }
 
