@@ -40,14 +40,16 @@ fn topology(options: &Options<'_>) -> DockerHost {
     DockerHost::build(options).expect("building the namespace topology")
 }
 
-/// The stats line of a binding, split into its numbers.
-fn counters(stats: &str, binding: &str) -> Vec<u64> {
+/// The numbers of the stats line of the binding whose host side is `host` (`0.0.0.0:8080`):
+/// packets and bytes in, packets and bytes out, flows.
+fn counters(stats: &str, host: &str) -> Vec<u64> {
     let line = stats
         .lines()
-        .find(|l| l.starts_with(binding))
-        .unwrap_or_else(|| panic!("no stats line for {binding} in\n{stats}"));
+        .find(|l| l.contains(&format!("-> {host} =>")))
+        .unwrap_or_else(|| panic!("no stats line for {host} in\n{stats}"));
+    // `80/tcp -> 0.0.0.0:8080 => 172.17.0.2:80  IN_PKTS ...`
     line.split_whitespace()
-        .skip(3)
+        .skip(5)
         .map(|n| n.parse().unwrap())
         .collect()
 }
@@ -83,7 +85,7 @@ fn s1(hook: Hook) {
     );
 
     let stats = portmap.stats(&net.host).unwrap();
-    let n = counters(&stats, "0.0.0.0:8080/tcp");
+    let n = counters(&stats, "0.0.0.0:8080");
     assert!(
         n[0] >= 3 && n[2] >= 2,
         "packets both ways are counted: {stats}"

@@ -569,3 +569,59 @@ fn tc_uplink_v4_tcp_passes_translated_when_ttl_expires() {
     assert_eq!(seen.ttl, 1, "not decremented: the stack does that");
     assert!(seen.ip_check_ok && seen.l4_check_ok);
 }
+
+// Removing a binding ends its flows at once: a late reply from the container it pointed to is
+// no longer translated (the flow's generation is gone), however many flows there were.
+#[test]
+fn tc_reply_v4_udp_passes_when_its_binding_was_removed() {
+    let mut dp = dataplane(&["5353:53/udp=172.17.0.3"]);
+    xdp(
+        &mut dp,
+        &V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), b"q"),
+    );
+    let answer = reply(SocketAddrV4::new(C2, 53), CLIENT, packet::UDP).frame();
+    assert_eq!(
+        testrun::tc(&mut dp, programs::TC_REPLY, &answer, 1).verdict,
+        TC_ACT_REDIRECT,
+        "precondition: translated while the binding lives"
+    );
+    dp.remove(&[0]).expect("removing the binding");
+    assert_eq!(
+        dp.flows().unwrap().len(),
+        1,
+        "the flow is still in the table"
+    );
+    let ran = testrun::tc(&mut dp, programs::TC_REPLY, &answer, 1);
+    assert_eq!(ran.verdict, TC_ACT_OK);
+    assert_eq!(ran.frame, answer, "not translated");
+    assert_eq!(count(&dp, Reason::ReplyPassNoFlow), 1);
+    assert_eq!(dp.sweep_flows().unwrap(), 1, "the sweep clears it");
+    assert!(dp.flows().unwrap().is_empty());
+}
+
+// A binding re-published on a reused id gets a new generation: the old binding's flows stay
+// dead, the new binding's flows live.
+#[test]
+fn tc_reply_v4_tcp_translates_only_the_new_bindings_flows_after_id_reuse() {
+    let mut dp = dataplane(&["8080:80=172.17.0.2"]);
+    let old_client = SocketAddrV4::new(*CLIENT.ip(), 40100);
+    xdp(
+        &mut dp,
+        &V4::tcp_syn(old_client, SocketAddrV4::new(HOST, 8080)),
+    );
+    dp.remove(&[0]).unwrap();
+    let added = dp.add(&bindings(&["8080:80=172.17.0.2"])).unwrap();
+    assert_eq!(added[0].id, 0, "the id is reused");
+    xdp(&mut dp, &V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080)));
+    let from_c1 = |client| reply(SocketAddrV4::new(C1, 80), client, packet::TCP).frame();
+    let stale = testrun::tc(&mut dp, programs::TC_REPLY, &from_c1(old_client), 1);
+    assert_eq!(
+        stale.verdict, TC_ACT_OK,
+        "the old binding's flow stays dead"
+    );
+    let live = testrun::tc(&mut dp, programs::TC_REPLY, &from_c1(CLIENT), 1);
+    assert_eq!(
+        live.verdict, TC_ACT_REDIRECT,
+        "the new binding's flow lives"
+    );
+}

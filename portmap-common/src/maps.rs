@@ -16,9 +16,18 @@ pub mod names {
     pub const BINDING_STATS: &str = "BINDING_STATS";
     /// `PerCpuArray<u64>`: why packets went the way they did, indexed by [`crate::Reason`].
     pub const REASON_STATS: &str = "REASON_STATS";
+    /// `Array<u32>`: each binding id's current generation. A flow recorded under an older one
+    /// belongs to a binding since removed or re-pointed, and is ignored.
+    pub const BINDING_GEN: &str = "BINDING_GEN";
 
     /// Every map the loader expects to find.
-    pub const ALL: [&str; 4] = [BINDINGS_V4, FLOWS_V4, BINDING_STATS, REASON_STATS];
+    pub const ALL: [&str; 5] = [
+        BINDINGS_V4,
+        FLOWS_V4,
+        BINDING_STATS,
+        REASON_STATS,
+        BINDING_GEN,
+    ];
 }
 
 /// Names of the programs in the eBPF object (the Rust function names).
@@ -74,10 +83,13 @@ pub struct BindingV4 {
     /// Container port, network byte order.
     pub port: [u8; 2],
     pub _pad: [u8; 2],
-    /// Index into [`names::BINDING_STATS`]; the loader hands them out and zeroes the slot.
+    /// Index into [`names::BINDING_STATS`] and [`names::BINDING_GEN`] (host order); the loader
+    /// hands ids out and zeroes the counters.
     pub id: u32,
     /// The bridge the container hangs off (host order); translated packets are sent there.
     pub egress_ifindex: u32,
+    /// The id's generation when this binding was published (host order).
+    pub generation: u32,
 }
 
 /// A translated flow as the container's reply shows it: the key of [`names::FLOWS_V4`].
@@ -116,6 +128,10 @@ pub struct FlowV4 {
     pub binding_id: u32,
     /// Where the client's packets arrived (host order); replies leave the same way.
     pub ingress_ifindex: u32,
+    /// The binding's generation when the flow was recorded (host order): once the binding is
+    /// removed or re-pointed, [`names::BINDING_GEN`] moves on and the flow is dead at once,
+    /// however many flows there are.
+    pub generation: u32,
 }
 
 /// Per-binding counters, one slot per CPU: the value of [`names::BINDING_STATS`].
@@ -169,9 +185,9 @@ pub const XDP_META_MAGIC: u32 = 0x706d_6170;
 // Keys and values are 4-byte aligned (`align(4)`) so that the BPF code loads and stores their
 // addresses and ports as words; with byte-array fields alone LLVM would move them byte by byte.
 const _: () = assert!(size_of::<BindingKeyV4>() == 8);
-const _: () = assert!(size_of::<BindingV4>() == 16);
+const _: () = assert!(size_of::<BindingV4>() == 20);
 const _: () = assert!(size_of::<FlowKeyV4>() == 16);
-const _: () = assert!(size_of::<FlowV4>() == 16);
+const _: () = assert!(size_of::<FlowV4>() == 20);
 const _: () = assert!(size_of::<BindingStats>() == 32);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 
@@ -192,13 +208,20 @@ impl BindingKeyV4 {
 }
 
 impl BindingV4 {
-    pub const fn new(addr: [u8; 4], port: u16, id: u32, egress_ifindex: u32) -> Self {
+    pub const fn new(
+        addr: [u8; 4],
+        port: u16,
+        id: u32,
+        egress_ifindex: u32,
+        generation: u32,
+    ) -> Self {
         Self {
             addr,
             port: port.to_be_bytes(),
             _pad: [0; 2],
             id,
             egress_ifindex,
+            generation,
         }
     }
 }

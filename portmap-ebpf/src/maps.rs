@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use portmap_common::{
     BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDING_KEYS, MAX_BINDINGS,
@@ -27,3 +27,6 @@ pub static BINDING_STATS: PerCpuArray<BindingStats> =
 
 #[map]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+#[map]
+pub static BINDING_GEN: Array<u32> = Array::with_max_entries(MAX_BINDINGS, 0);

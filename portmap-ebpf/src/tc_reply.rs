@@ -24,7 +24,7 @@ pub fn run(ctx: &TcContext) -> Verdict {
     };
     let container = pkt.src();
     let client = pkt.dst();
-    let Some(flow) = lookup::flow(&FlowKeyV4 {
+    let Some(flow) = lookup::live_flow(&FlowKeyV4 {
         container_addr: container.addr_bytes(),
         client_addr: client.addr_bytes(),
         container_port: container.port_bytes(),

@@ -81,6 +81,7 @@ pub fn v4<C: Frame + EbpfContext>(
         _pad: [0; 2],
         binding_id: binding.id,
         ingress_ifindex,
+        generation: binding.generation,
     };
     if let Err(errno) = flow::record(&key, &value) {
         // Rare (an LRU evicts rather than fills up), and it breaks the flow's replies: say so.

@@ -2,10 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
-    fs::{self, File},
     net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -13,14 +10,11 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::programs::XdpMode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
 
 use crate::{
+    client,
     compose::{self, ComposeError, LoadError},
-    dataplane::{self, Dataplane, KernelBinding, Pinned, Published, UplinkHook},
+    dataplane::UplinkHook,
     netdev::{self, Interface},
     plan::{self, Endpoint, Plan, PlanError, PortPool, Request, Source, StaticAddrs},
     spec::{ContainerAddr, HostPort, Publish, SpecArg, SpecError, Target},
@@ -46,9 +40,30 @@ pub enum Command {
     /// port shows as 0, a window as its range). Bad input exits 2, an unreadable file 1.
     #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
-    /// Show a running instance's bindings, counters and flows.
+    /// Publish more ports on a running instance, all or none.
+    #[command(after_help = ADD_EXAMPLES)]
+    Add(AddArgs),
+    /// Withdraw published ports from a running instance, all or none; their flows end at once.
+    #[command(after_help = RM_EXAMPLES)]
+    Rm(RmArgs),
+    /// List a running instance's bindings, one per line as `docker port` prints them.
+    Ls(LsArgs),
+    /// Show a running instance's bindings with packets, bytes and live flows, and why packets
+    /// went the way they did.
     Stats(StatsArgs),
 }
+
+const ADD_EXAMPLES: &str = "\
+Examples:
+  portmap add 9090:80=172.17.0.2
+  portmap add --iface ens160 127.0.0.1::5000/udp=172.17.0.3
+  portmap add --replace 8080:80=172.17.0.4        # re-point 8080 to another container
+  portmap add 8000:8000=web --container web=172.17.0.5";
+
+const RM_EXAMPLES: &str = "\
+Examples:
+  portmap rm 8080               # tcp 8080 on whichever address it is published
+  portmap rm 5353/udp 127.0.0.1:5000";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -84,12 +99,9 @@ pub struct RunArgs {
     /// address of the host, as `docker run -p` does. TARGET is the container's IP address, or
     /// a service name whose address --container gives. Repeat the flag for more ports; two
     /// specs that want the same host port are refused.
-    #[arg(
-        short = 'p',
-        long = "publish",
-        value_name = "SPEC=TARGET",
-        required_unless_present = "compose"
-    )]
+    /// Without --publish or --compose the instance starts with nothing published, for
+    /// `portmap add` to fill.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC=TARGET")]
     pub publish: Vec<Publish>,
 
     /// A compose file whose services' `ports` to publish (repeatable).
@@ -172,15 +184,78 @@ pub struct CheckArgs {
     pub publish_all: bool,
 }
 
+/// Which running instance a command talks to.
 #[derive(Debug, Args)]
-pub struct StatsArgs {
-    /// The uplink the instance serves (finds its pins under /sys/fs/bpf/portmap/IFACE).
-    #[arg(long, value_name = "IFACE", required_unless_present = "pin_dir")]
+pub struct InstanceArgs {
+    /// The uplink the instance serves. Without this or --pin-dir: the only running instance.
+    #[arg(long, value_name = "IFACE", global = true)]
     pub iface: Option<String>,
 
     /// The pin directory the instance was started with.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true, conflicts_with = "iface")]
     pub pin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+
+    /// Ports to publish, `SPEC=TARGET` as for `run --publish`.
+    #[arg(value_name = "SPEC=TARGET", required = true)]
+    pub specs: Vec<String>,
+
+    /// A service's container address, `SERVICE=IP`, for TARGETs that name a service.
+    #[arg(long = "container", value_name = "SERVICE=IP")]
+    pub containers: Vec<String>,
+
+    /// Re-point: a binding that already holds one of these host ports is withdrawn in the same
+    /// step, its flows ending with it, instead of being a conflict.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+
+    /// Host sides of the bindings to withdraw, `[HOST_IP:]HOST_PORT[/PROTO]` (tcp by default;
+    /// without HOST_IP, on every address it is published on).
+    #[arg(value_name = "[HOST_IP:]HOST_PORT[/PROTO]", required = true)]
+    pub selectors: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+
+    /// Print `{"bindings":[...]}` (README, "Running instances").
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+
+    /// Print the counters as JSON (README, "Running instances").
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keep refreshing (in place on a terminal) until interrupted or --count tables.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Seconds between refreshes with --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
+
+    /// Stop --watch after this many tables.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
 }
 
 /// How a command failed, which decides the exit code.
@@ -214,27 +289,41 @@ impl Failure {
 /// A [`Failure`] saying whether the input or the system was at fault.
 pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => crate::serve::run(RunConfig::from_args(args)?).await,
         Command::Check(args) => check(&args),
-        Command::Stats(args) => stats(&args).map_err(Failure::Runtime),
+        Command::Add(args) => {
+            client::add(&args.instance, &args.specs, &args.containers, args.replace)
+        }
+        Command::Rm(args) => client::rm(&args.instance, &args.selectors),
+        Command::Ls(args) => client::ls(&args.instance, args.json),
+        Command::Stats(args) => {
+            let watch = match args.watch {
+                false => None,
+                true => Some(client::Watch {
+                    interval: client::interval(args.interval).map_err(Failure::BadInput)?,
+                    count: args.count,
+                }),
+            };
+            client::stats(&args.instance, args.json, watch)
+        }
     }
 }
 
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-fn default_pin_dir(iface: &str) -> PathBuf {
-    Path::new(BPFFS_ROOT).join("portmap").join(iface)
+/// Where an instance serving `iface` pins its maps unless told otherwise.
+pub fn default_pin_dir(iface: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/portmap").join(iface)
 }
 
 /// Everything `run` needs, resolved and checked before the kernel is touched.
-struct RunConfig {
-    uplink: Interface,
-    bridge: Interface,
-    plan: Plan,
-    local_addrs: Vec<Ipv4Addr>,
-    hook: UplinkHook,
-    pin_dir: PathBuf,
+pub struct RunConfig {
+    pub uplink: Interface,
+    pub bridge: Interface,
+    pub plan: Plan,
+    pub local_addrs: Vec<Ipv4Addr>,
+    pub hook: UplinkHook,
+    pub pin_dir: PathBuf,
+    /// `--container` addresses, kept for services named by later `portmap add`s.
+    pub containers: Vec<ContainerAddr>,
 }
 
 impl RunConfig {
@@ -277,7 +366,7 @@ impl RunConfig {
             log::warn!("{warning}");
         }
         let plan = Plan::build(&requests, &addrs, PortPool::from_system).map_err(plan_failure)?;
-        if plan.bindings.is_empty() {
+        if plan.bindings.is_empty() && !compose.is_empty() {
             return Err(Failure::BadInput(anyhow!(
                 "nothing to publish: the compose files list no ports"
             )));
@@ -322,6 +411,7 @@ impl RunConfig {
             plan,
             local_addrs,
             hook,
+            containers,
         })
     }
 }
@@ -358,172 +448,6 @@ fn unused_containers(addrs: &StaticAddrs, requests: &[Request]) -> Vec<String> {
             format!("--container {service}=...: no published port targets service {service:?}")
         })
         .collect()
-}
-
-async fn run(args: RunArgs) -> Result<(), Failure> {
-    let config = RunConfig::from_args(args)?;
-    let _lock = lock_instance(&config.pin_dir).map_err(Failure::BadInput)?;
-    prepare_pin_dir(&config.pin_dir).map_err(Failure::Runtime)?;
-
-    let result = serve(&config).await;
-    if let Err(error) = dataplane::unpin(&config.pin_dir) {
-        log::warn!(
-            "could not remove pins under {}: {error}",
-            config.pin_dir.display()
-        );
-    }
-    result.map_err(Failure::Runtime)
-}
-
-/// Loads, fills, pins and attaches, then serves until a signal. Returning drops the dataplane,
-/// which detaches every program.
-async fn serve(config: &RunConfig) -> anyhow::Result<()> {
-    let mut dataplane = Dataplane::load()?;
-    let logger = aya_log::EbpfLogger::init(dataplane.ebpf_mut());
-    let published = dataplane.publish(&config.plan.bindings, &config.bridge)?;
-    dataplane.set_local_addrs(&config.local_addrs)?;
-    dataplane.pin_maps(&config.pin_dir)?;
-    dataplane.attach(&config.uplink, &config.bridge, config.hook)?;
-
-    println!(
-        "portmap: serving {} binding(s) on {} ({}), replies from {}; maps pinned at {}",
-        published.len(),
-        config.uplink.name,
-        config.hook,
-        config.bridge.name,
-        config.pin_dir.display()
-    );
-    for entry in &published {
-        println!("  {}", entry.binding);
-    }
-
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let forward_logs = async {
-        match logger {
-            // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd stays open for as
-            // long as it is registered.
-            Ok(logger) => {
-                match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
-                    Ok(mut fd) => loop {
-                        if let Ok(mut guard) = fd.readable_mut().await {
-                            guard.get_inner_mut().flush();
-                            guard.clear_ready();
-                        }
-                    },
-                    Err(error) => log::warn!("kernel-side logs unavailable: {error}"),
-                }
-            }
-            Err(error) => log::warn!("kernel-side logs unavailable: {error}"),
-        }
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        _ = sigint.recv() => log::info!("SIGINT: detaching"),
-        _ = sigterm.recv() => log::info!("SIGTERM: detaching"),
-        () = forward_logs => {}
-    }
-
-    println!("{}", final_report(&dataplane, &published));
-    Ok(())
-}
-
-fn final_report(dataplane: &Dataplane, published: &[Published]) -> String {
-    let mut out = String::from("portmap: final counters\n");
-    for entry in published {
-        match dataplane.binding_stats(entry.id) {
-            Ok(s) => {
-                let _ = writeln!(
-                    out,
-                    "  {}  in {} pkts {} B, out {} pkts {} B",
-                    entry.binding,
-                    s.to_container_packets,
-                    s.to_container_bytes,
-                    s.to_client_packets,
-                    s.to_client_bytes
-                );
-            }
-            Err(error) => {
-                let _ = writeln!(out, "  {}  (counters unreadable: {error})", entry.binding);
-            }
-        }
-    }
-    out.truncate(out.trim_end().len());
-    out
-}
-
-/// One instance per pin directory: a second would overwrite the first's pins and fight over
-/// the interfaces. The lock lives in /run (bpffs holds no regular files) and dies with us.
-fn lock_instance(pin_dir: &Path) -> anyhow::Result<File> {
-    let lock_dir = Path::new("/run/portmap");
-    fs::create_dir_all(lock_dir).with_context(|| format!("creating {}", lock_dir.display()))?;
-    let name = pin_dir.to_string_lossy().replace('/', "_");
-    let path = lock_dir.join(format!("{name}.lock"));
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "another portmap is already serving with pins at {} (lock {} is held)",
-            pin_dir.display(),
-            path.display()
-        );
-    }
-    Ok(file)
-}
-
-/// Makes sure `dir` can take pins: on a bpffs (mounting the standard one if nothing is mounted
-/// at /sys/fs/bpf, as bpftool does) and free of a crashed instance's leftovers.
-fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
-    if dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
-        mount_bpffs(Path::new(BPFFS_ROOT))?;
-    }
-    let existing = dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
-    if !is_bpffs(existing) {
-        bail!(
-            "pin directory {} is not on a bpffs; mount one with `mount -t bpf bpf DIR`",
-            dir.display()
-        );
-    }
-    if dir.exists() {
-        // We hold the instance lock, so whoever pinned these is gone.
-        log::info!("removing stale pins under {}", dir.display());
-        dataplane::unpin(dir)
-            .with_context(|| format!("removing stale pins under {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
-fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
-    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(anyhow!(std::io::Error::last_os_error()))
-            .with_context(|| format!("mounting a bpffs at {}", at.display()));
-    }
-    Ok(())
 }
 
 /// What `check --json` prints; README "Port specs" documents it as a stable interface.
@@ -743,69 +667,6 @@ fn looks_like_a_file(input: &str) -> bool {
         || input.starts_with('/') && input.matches('/').count() > 1
 }
 
-fn stats(args: &StatsArgs) -> anyhow::Result<()> {
-    let dir = match (&args.pin_dir, &args.iface) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(iface)) => default_pin_dir(iface),
-        (None, None) => unreachable!("clap requires --iface or --pin-dir"),
-    };
-    let pinned = Pinned::open(&dir)?;
-    print!(
-        "{}",
-        stats_table(
-            &pinned.bindings()?,
-            pinned.flow_count()?,
-            &pinned.reasons()?
-        )
-    );
-    Ok(())
-}
-
-fn stats_table(
-    bindings: &[KernelBinding],
-    flows: usize,
-    reasons: &[(portmap_common::Reason, u64)],
-) -> String {
-    let mut out = format!(
-        "{:<36} {:>10} {:>12} {:>10} {:>12}\n",
-        "BINDING", "IN_PKTS", "IN_BYTES", "OUT_PKTS", "OUT_BYTES"
-    );
-    for b in bindings {
-        let proto = if b.key.proto == portmap_common::proto::UDP {
-            "udp"
-        } else {
-            "tcp"
-        };
-        // A wildcard binding is one kernel key per local address.
-        let host = if b.keys > 1 {
-            Ipv4Addr::UNSPECIFIED
-        } else {
-            Ipv4Addr::from(b.key.addr)
-        };
-        let name = format!(
-            "{}:{}/{} => {}:{}",
-            host,
-            u16::from_be_bytes(b.key.port),
-            proto,
-            Ipv4Addr::from(b.value.addr),
-            u16::from_be_bytes(b.value.port)
-        );
-        let _ = writeln!(
-            out,
-            "{name:<36} {:>10} {:>12} {:>10} {:>12}",
-            b.stats.to_container_packets,
-            b.stats.to_container_bytes,
-            b.stats.to_client_packets,
-            b.stats.to_client_bytes
-        );
-    }
-    let _ = writeln!(out, "flows: {flows}");
-    for (reason, count) in reasons.iter().filter(|(_, n)| *n > 0) {
-        let _ = writeln!(out, "{:<36} {count:>10}", reason.name());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,8 +676,9 @@ mod tests {
     }
 
     #[test]
-    fn run_needs_publish_or_compose() {
-        assert!(parse(&["run", "--iface", "ens160"]).is_err());
+    fn run_may_start_empty_or_from_compose() {
+        // Empty: an instance for `portmap add` to fill.
+        assert!(parse(&["run", "--iface", "ens160"]).is_ok());
         let Command::Run(args) = parse(&[
             "run",
             "--iface",
@@ -894,5 +756,36 @@ mod tests {
         for input in ["80:80", "80/udp", "/udp", "::1:80:80"] {
             assert!(!looks_like_a_file(input), "{input}");
         }
+    }
+}
+
+#[cfg(test)]
+mod instance_args_tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn rm_needs_a_selector_and_takes_the_instance() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("portmap").chain(args.iter().copied()))
+        };
+        assert!(parse(&["rm"]).is_err(), "a selector is required");
+        let Command::Rm(args) = parse(&["rm", "--iface", "ens160", "8080", "5353/udp"])
+            .unwrap()
+            .command
+        else {
+            panic!("an rm command");
+        };
+        assert_eq!(args.instance.iface.as_deref(), Some("ens160"));
+        assert_eq!(args.selectors, ["8080", "5353/udp"]);
+        assert!(
+            parse(&["ls", "--iface", "a", "--pin-dir", "/x"]).is_err(),
+            "one instance at a time"
+        );
+        assert!(
+            parse(&["stats", "--count", "3"]).is_err(),
+            "--count only with --watch"
+        );
     }
 }

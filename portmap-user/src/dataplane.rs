@@ -1,17 +1,12 @@
 //! The dataplane handle: load the eBPF object, fill its maps, attach its programs, pin its maps
 //! for other `portmap` commands, and read its counters.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    fs, io,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap as StdHashMap, fs, io, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, TcError},
@@ -19,7 +14,8 @@ use aya::{
     util::{KernelVersion, nr_cpus},
 };
 use portmap_common::{
-    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, Reason, globals, names, programs,
+    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDINGS, Reason, globals, names,
+    programs,
 };
 
 use crate::{netdev::Interface, plan::Binding};
@@ -37,6 +33,35 @@ pub struct Dataplane {
     local_addrs: Vec<Ipv4Addr>,
     /// Where translated packets go.
     bridge_index: u32,
+    /// Binding ids: handed out from `next_id` up, reused once released.
+    ids: IdPool,
+}
+
+/// Binding ids and their generations.
+#[derive(Default)]
+struct IdPool {
+    next_id: u32,
+    released: Vec<u32>,
+    /// Each id's current generation, as [`names::BINDING_GEN`] holds it.
+    gens: StdHashMap<u32, u32>,
+}
+
+impl IdPool {
+    fn take(&mut self) -> Option<u32> {
+        self.released.pop().or_else(|| {
+            (self.next_id < MAX_BINDINGS).then(|| {
+                self.next_id += 1;
+                self.next_id - 1
+            })
+        })
+    }
+
+    /// The id's next generation, recorded as current.
+    fn bump(&mut self, id: u32) -> u32 {
+        let generation = self.gens.entry(id).or_default();
+        *generation = generation.wrapping_add(1);
+        *generation
+    }
 }
 
 /// Where the uplink's translation runs.
@@ -64,6 +89,8 @@ impl std::fmt::Display for UplinkHook {
 pub struct Published {
     pub binding: Binding,
     pub id: u32,
+    /// The id's generation for this binding: its flows carry it.
+    pub generation: u32,
 }
 
 /// The kernel's binding entries for `published`: a specific binding is one key, a wildcard one
@@ -90,6 +117,7 @@ pub fn binding_entries(
                 container.port(),
                 published.id,
                 bridge_index,
+                published.generation,
             ),
         )
     };
@@ -145,6 +173,7 @@ impl Dataplane {
             published: Vec::new(),
             local_addrs: Vec::new(),
             bridge_index: 0,
+            ids: IdPool::default(),
         })
     }
 
@@ -153,41 +182,134 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// Publishes `bindings` toward `bridge`, with counter slots from 0 up, all or nothing.
-    /// Wildcard bindings cover the addresses of the last [`Dataplane::set_local_addrs`].
+    /// Publishes `bindings` toward `bridge`, all or nothing: the first publication of a
+    /// dataplane. Wildcard bindings cover the addresses of the last
+    /// [`Dataplane::set_local_addrs`].
     ///
     /// # Errors
     ///
-    /// When a map write fails (a map is full, or the kernel refuses); nothing stays written.
+    /// As [`Dataplane::add`].
     pub fn publish(
         &mut self,
         bindings: &[Binding],
         bridge: &Interface,
     ) -> anyhow::Result<Vec<Published>> {
-        let published: Vec<Published> = bindings
-            .iter()
-            .enumerate()
-            .map(|(id, binding)| Published {
+        self.bridge_index = bridge.index;
+        self.add(bindings)
+    }
+
+    /// Adds `bindings` beside what is published, all or nothing: each gets a counter slot
+    /// (zeroed) and a fresh generation, and only the kernel entries that are new are written.
+    ///
+    /// # Errors
+    ///
+    /// When the ids run out or a map write fails; nothing stays written then.
+    pub fn add(&mut self, bindings: &[Binding]) -> anyhow::Result<Vec<Published>> {
+        let mut added = Vec::with_capacity(bindings.len());
+        for binding in bindings {
+            let Some(id) = self.ids.take() else {
+                self.ids
+                    .released
+                    .extend(added.iter().map(|p: &Published| p.id));
+                bail!("no room for {binding}: {MAX_BINDINGS} bindings are published already");
+            };
+            added.push(Published {
                 binding: binding.clone(),
-                id: id as u32,
-            })
-            .collect();
+                id,
+                generation: 0,
+            });
+        }
+        let written = self.write_added(&mut added);
+        if written.is_err() {
+            self.ids.released.extend(added.iter().map(|p| p.id));
+        }
+        written?;
+        self.published.extend(added.iter().cloned());
+        Ok(added)
+    }
+
+    fn write_added(&mut self, added: &mut [Published]) -> anyhow::Result<()> {
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!(e).context(what))?;
-        let mut stats: PerCpuArray<_, BindingStats> = typed(
-            self.ebpf.map_mut(names::BINDING_STATS),
-            names::BINDING_STATS,
-        )?;
-        for entry in &published {
+        let [stats, gens] = self
+            .ebpf
+            .maps_disjoint_mut([names::BINDING_STATS, names::BINDING_GEN]);
+        let mut stats: PerCpuArray<_, BindingStats> = typed(stats, names::BINDING_STATS)?;
+        let mut gens: Array<_, u32> = typed(gens, names::BINDING_GEN)?;
+        for entry in added.iter_mut() {
+            // The new generation is in place before the binding is visible, so its first flow
+            // already carries it.
+            entry.generation = self.ids.bump(entry.id);
+            gens.set(entry.id, entry.generation, 0)
+                .with_context(|| format!("setting the generation of {}", entry.binding))?;
             stats
                 .set(entry.id, zeroed_stats(cpus)?, 0)
                 .with_context(|| format!("zeroing the counters of {}", entry.binding))?;
         }
+        let mut all = self.published.clone();
+        all.extend(added.iter().cloned());
         let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
-        let after = binding_entries(&published, &self.local_addrs, bridge.index);
+        let after = binding_entries(&all, &self.local_addrs, self.bridge_index);
+        self.apply_entries(&before, &after)
+    }
+
+    /// Withdraws the bindings with these ids. Their kernel entries go first, so no new packet is
+    /// translated for them; then their generation moves on, which ends every flow they had at
+    /// once (the replies of a UDP flow to a removed or re-pointed binding are not translated
+    /// again). [`Dataplane::sweep_flows`] clears the dead flows out of the table later.
+    ///
+    /// # Errors
+    ///
+    /// When a map write fails.
+    pub fn remove(&mut self, ids: &[u32]) -> anyhow::Result<Vec<Published>> {
+        let (removed, kept): (Vec<Published>, Vec<Published>) = self
+            .published
+            .iter()
+            .cloned()
+            .partition(|p| ids.contains(&p.id));
+        let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
+        let after = binding_entries(&kept, &self.local_addrs, self.bridge_index);
         self.apply_entries(&before, &after)?;
-        self.published = published.clone();
-        self.bridge_index = bridge.index;
-        Ok(published)
+        self.published = kept;
+        let mut gens: Array<_, u32> =
+            typed(self.ebpf.map_mut(names::BINDING_GEN), names::BINDING_GEN)?;
+        for entry in &removed {
+            let generation = self.ids.bump(entry.id);
+            gens.set(entry.id, generation, 0)
+                .with_context(|| format!("ending the flows of {}", entry.binding))?;
+            self.ids.released.push(entry.id);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the flows whose binding is gone or re-pointed; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// When the maps cannot be read.
+    pub fn sweep_flows(&mut self) -> anyhow::Result<usize> {
+        let live: StdHashMap<u32, u32> = self
+            .published
+            .iter()
+            .map(|p| (p.id, p.generation))
+            .collect();
+        let mut flows: HashMap<_, FlowKeyV4, FlowV4> =
+            typed(self.ebpf.map_mut(names::FLOWS_V4), names::FLOWS_V4)?;
+        let dead: Vec<FlowKeyV4> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, flow)| live.get(&flow.binding_id) != Some(&flow.generation))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &dead {
+            // A flow the LRU evicted meanwhile is already gone.
+            let _ = flows.remove(key);
+        }
+        Ok(dead.len())
+    }
+
+    /// What is published now.
+    pub fn published(&self) -> &[Published] {
+        &self.published
     }
 
     /// Sets the local addresses wildcard bindings cover, adding and removing only the kernel
@@ -390,102 +512,6 @@ fn sum_reasons<T: std::borrow::Borrow<MapData>>(
         .iter()
         .map(|&reason| Ok((reason, map.get(&(reason as u32), 0)?.iter().sum())))
         .collect()
-}
-
-/// A running instance's maps, opened through their pins.
-pub struct Pinned {
-    dir: PathBuf,
-}
-
-/// A published binding read back from the kernel: every key that carries its counter slot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelBinding {
-    /// Its first key (lowest address).
-    pub key: BindingKeyV4,
-    /// How many keys it has: more than one is a wildcard binding expanded to local addresses.
-    pub keys: usize,
-    pub value: BindingV4,
-    pub stats: BindingStats,
-}
-
-impl Pinned {
-    /// Opens the pins of the instance serving under `dir`.
-    ///
-    /// # Errors
-    ///
-    /// When `dir` holds no portmap pins.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        let probe = dir.join(names::BINDINGS_V4);
-        if !probe.exists() {
-            bail!(
-                "no running portmap found: {} does not exist (is `portmap run` serving this interface?)",
-                probe.display()
-            );
-        }
-        Ok(Self {
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn map(&self, name: &str) -> anyhow::Result<Map> {
-        let path = self.dir.join(name);
-        let data =
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Map::from_map_data(data)?)
-    }
-
-    /// Every binding with its counters summed over CPUs.
-    ///
-    /// # Errors
-    ///
-    /// When a map cannot be read.
-    pub fn bindings(&self) -> anyhow::Result<Vec<KernelBinding>> {
-        let map: HashMap<_, BindingKeyV4, BindingV4> = self.map(names::BINDINGS_V4)?.try_into()?;
-        let stats: PerCpuArray<_, BindingStats> = self.map(names::BINDING_STATS)?.try_into()?;
-        let mut by_id: std::collections::BTreeMap<u32, KernelBinding> = Default::default();
-        for entry in map.iter() {
-            let (key, value) = entry?;
-            match by_id.entry(value.id) {
-                std::collections::btree_map::Entry::Occupied(mut seen) => {
-                    let seen = seen.get_mut();
-                    seen.keys += 1;
-                    seen.key = seen.key.min_by_addr(key);
-                }
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    let stats = sum_binding_stats(&stats, value.id)?;
-                    slot.insert(KernelBinding {
-                        key,
-                        keys: 1,
-                        value,
-                        stats,
-                    });
-                }
-            }
-        }
-        let mut out: Vec<KernelBinding> = by_id.into_values().collect();
-        out.sort_by_key(|b| (u16::from_be_bytes(b.key.port), b.key.proto, b.key.addr));
-        Ok(out)
-    }
-
-    /// Every reason's counter, summed over CPUs.
-    ///
-    /// # Errors
-    ///
-    /// When the map cannot be read.
-    pub fn reasons(&self) -> anyhow::Result<Vec<(Reason, u64)>> {
-        let map: PerCpuArray<_, u64> = self.map(names::REASON_STATS)?.try_into()?;
-        sum_reasons(&map)
-    }
-
-    /// How many flows are remembered.
-    ///
-    /// # Errors
-    ///
-    /// When the map cannot be read.
-    pub fn flow_count(&self) -> anyhow::Result<usize> {
-        let map: HashMap<_, FlowKeyV4, FlowV4> = self.map(names::FLOWS_V4)?.try_into()?;
-        Ok(map.keys().filter(Result::is_ok).count())
-    }
 }
 
 /// Unpins every map under `dir` and removes it; leaves nothing behind on the bpffs.

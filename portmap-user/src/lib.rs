@@ -5,11 +5,20 @@
 //! - [`plan`]: the bindings to publish, resolved and checked as a whole;
 //! - [`netdev`]: interfaces and local addresses;
 //! - [`dataplane`]: load, fill, attach, pin, read counters;
+//! - [`reserve`]: holding published host ports against other processes;
+//! - [`instance`]: a running instance's state, changed all or nothing;
+//! - [`control`]: the socket through which other commands reach it;
+//! - [`serve`]: `portmap run`; [`client`]: `add`, `rm`, `ls`, `stats`;
 //! - [`cli`]: the `portmap` command.
 
 pub mod cli;
+pub mod client;
 pub mod compose;
+pub mod control;
 pub mod dataplane;
+pub mod instance;
 pub mod netdev;
 pub mod plan;
+pub mod reserve;
+pub mod serve;
 pub mod spec;

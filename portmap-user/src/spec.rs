@@ -519,6 +519,69 @@ impl FromStr for ContainerAddr {
     }
 }
 
+/// `[HOST_IP:]HOST_PORT[/PROTO]`, as given to `portmap rm`: the host side of published
+/// bindings. Without an address it names the port on every address; `0.0.0.0` names only the
+/// binding published on every address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSelector {
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub proto: Proto,
+}
+
+impl HostSelector {
+    /// Whether `binding` is one this selector names.
+    pub fn matches(&self, binding: &crate::plan::Binding) -> bool {
+        let address = match self.host_ip {
+            None => true,
+            Some(ip) if ip.is_unspecified() => binding.host_ip.is_none(),
+            Some(ip) => binding.host_ip.map(IpAddr::V4) == Some(ip),
+        };
+        address && binding.host_port == self.host_port && binding.proto == self.proto
+    }
+}
+
+impl FromStr for HostSelector {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: String| SpecError {
+            input: text.to_owned(),
+            reason,
+        };
+        let (host, proto) = match text.rsplit_once('/') {
+            Some((host, proto)) => (host, Proto::parse(proto).map_err(fail)?),
+            None => (text, Proto::Tcp),
+        };
+        let (ip, port) = match host.rsplit_once(':') {
+            Some((ip, port)) => {
+                let bare = ip
+                    .strip_prefix('[')
+                    .and_then(|i| i.strip_suffix(']'))
+                    .unwrap_or(ip);
+                let ip = parse_ip(bare)
+                    .ok_or_else(|| fail(format!("host IP {ip:?} is not an IP address")))?;
+                (Some(ip), port)
+            }
+            None => (None, host),
+        };
+        let host_port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| {
+                fail(format!(
+                    "host port {port:?} is not a number from 1 to 65535"
+                ))
+            })?;
+        Ok(Self {
+            host_ip: ip,
+            host_port,
+            proto,
+        })
+    }
+}
+
 /// Brackets an IPv6 address, as `docker port` prints one: `[::]:8080`.
 pub fn host_and_port(ip: IpAddr, port: impl fmt::Display) -> String {
     match ip {
@@ -547,6 +610,32 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn host_selector_forms() {
+        let sel = |t: &str| HostSelector::from_str(t).unwrap();
+        assert_eq!(
+            sel("8080"),
+            HostSelector {
+                host_ip: None,
+                host_port: 8080,
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!(sel("8080/UDP").proto, Proto::Udp);
+        assert_eq!(
+            sel("127.0.0.1:5000").host_ip,
+            Some(Ipv4Addr::LOCALHOST.into())
+        );
+        assert_eq!(sel("[::1]:5000/tcp").host_ip, Some("::1".parse().unwrap()));
+        let err = |t: &str| HostSelector::from_str(t).unwrap_err().to_string();
+        assert_eq!(
+            err("http"),
+            r#"invalid port spec "http": host port "http" is not a number from 1 to 65535"#
+        );
+        assert!(err("host:80").contains(r#"host IP "host""#));
+        assert!(err("80/icmp").contains(r#"protocol "icmp""#));
+    }
 
     /// A mapping as `HOST_IP:HOST_PORT->CONTAINER_PORT/PROTO`: no host IP shows as nothing
     /// before the ':', an ephemeral port as 0, a window as its range.

@@ -113,10 +113,11 @@ fn demo() -> anyhow::Result<bool> {
     let stats = portmap.stats(&net.host)?;
     for (service, answered, saw) in rows {
         let key = format!("0.0.0.0:{}/tcp", service.host_port);
+        let host = format!("-> 0.0.0.0:{} =>", service.host_port);
         let counters: Vec<&str> = stats
             .lines()
-            .find(|l| l.starts_with(&key))
-            .map(|l| l.split_whitespace().skip(3).collect())
+            .find(|l| l.contains(&host))
+            .map(|l| l.split_whitespace().skip(5).collect())
             .unwrap_or_default();
         let binding = format!("{key} -> {}:{}", service.container, service.port);
         println!(

@@ -1,0 +1,372 @@
+//! A running instance: the dataplane, what it publishes and where each binding came from, and
+//! the reservations that hold the host ports. Every change applies completely or not at all.
+
+use std::{collections::HashMap, str::FromStr as _};
+
+use anyhow::anyhow;
+
+use crate::{
+    control::{BindingInfo, Counters, Request, Response},
+    dataplane::{Dataplane, Published},
+    plan::{Binding, Plan, PlanError, PortPool, Request as PlanRequest, StaticAddrs},
+    reserve::{self, Reservation, ReserveError},
+    spec::{ContainerAddr, HostSelector, Publish},
+};
+
+/// Why a change was refused: the input (exit 2) or the system (exit 1).
+#[derive(Debug)]
+pub enum Refused {
+    BadInput(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl Refused {
+    pub fn into_response(self) -> Response {
+        match self {
+            Self::BadInput(e) => Response::failed(format!("{e:#}"), true),
+            Self::Runtime(e) => Response::failed(format!("{e:#}"), false),
+        }
+    }
+}
+
+impl From<PlanError> for Refused {
+    fn from(error: PlanError) -> Self {
+        if error.is_bad_input() {
+            Self::BadInput(error.into())
+        } else {
+            Self::Runtime(error.into())
+        }
+    }
+}
+
+impl From<ReserveError> for Refused {
+    fn from(error: ReserveError) -> Self {
+        if error.is_bad_input() {
+            Self::BadInput(error.into())
+        } else {
+            Self::Runtime(error.into())
+        }
+    }
+}
+
+/// One published binding and what holds its host port.
+struct Live {
+    published: Published,
+    _reservation: Reservation,
+}
+
+pub struct Instance {
+    dataplane: Dataplane,
+    live: Vec<Live>,
+    /// `--container` addresses given to `run`, for services named by later `add`s.
+    containers: Vec<ContainerAddr>,
+}
+
+/// Holds every binding's host port, or none.
+fn reserve_all(bindings: &[Binding]) -> Result<Vec<Reservation>, ReserveError> {
+    bindings.iter().map(reserve::reserve).collect()
+}
+
+impl Instance {
+    /// Holds the plan's host ports, then publishes it; all or nothing.
+    ///
+    /// # Errors
+    ///
+    /// A port held by another process (bad input), or a dataplane failure.
+    pub fn start(
+        mut dataplane: Dataplane,
+        plan: &Plan,
+        bridge: &crate::netdev::Interface,
+        containers: Vec<ContainerAddr>,
+    ) -> Result<Self, Refused> {
+        let reservations = reserve_all(&plan.bindings)?;
+        let published = dataplane
+            .publish(&plan.bindings, bridge)
+            .map_err(Refused::Runtime)?;
+        Ok(Self {
+            dataplane,
+            live: published
+                .into_iter()
+                .zip(reservations)
+                .map(|(published, reservation)| Live {
+                    published,
+                    _reservation: reservation,
+                })
+                .collect(),
+            containers,
+        })
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    pub fn published(&self) -> impl Iterator<Item = &Published> {
+        self.live.iter().map(|live| &live.published)
+    }
+
+    /// Answers one control request.
+    pub fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Ls => Ok(Response {
+                bindings: self.published().map(info).collect(),
+                ..Response::default()
+            }),
+            Request::Stats => self.stats(),
+            Request::Add {
+                specs,
+                containers,
+                replace,
+            } => self
+                .add(&specs, &containers, replace)
+                .map(|added| Response {
+                    bindings: added.iter().map(info).collect(),
+                    ..Response::default()
+                }),
+            Request::Rm { selectors } => self.remove(&selectors).map(|removed| Response {
+                bindings: removed.iter().map(info).collect(),
+                ..Response::default()
+            }),
+        };
+        result.unwrap_or_else(Refused::into_response)
+    }
+
+    /// Publishes `specs` beside what is published. A host port that a binding already holds
+    /// is a conflict naming both, unless `replace`, which withdraws that binding in the same
+    /// step (its flows end with it). Nothing changes on failure.
+    ///
+    /// # Errors
+    ///
+    /// Malformed specs, conflicts and ports held by other processes are bad input.
+    pub fn add(
+        &mut self,
+        specs: &[String],
+        containers: &[String],
+        replace: bool,
+    ) -> Result<Vec<Published>, Refused> {
+        let publishes = specs
+            .iter()
+            .map(|spec| Publish::from_str(spec))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Refused::BadInput(e.into()))?;
+        let mut known = self.containers.clone();
+        for container in containers {
+            known.push(
+                ContainerAddr::from_str(container).map_err(|e| Refused::BadInput(anyhow!(e)))?,
+            );
+        }
+        let requests: Vec<PlanRequest> = publishes.iter().map(PlanRequest::from).collect();
+        // Ports this instance holds show up as in use, so an ephemeral pick avoids them.
+        let plan = Plan::build(&requests, &StaticAddrs::new(&known), PortPool::from_system)?;
+        if plan.bindings.is_empty() {
+            return Err(Refused::BadInput(anyhow!(
+                "nothing to publish in {specs:?}"
+            )));
+        }
+
+        let mut displaced = Vec::new();
+        for new in &plan.bindings {
+            for (i, live) in self.live.iter().enumerate() {
+                let old = &live.published.binding;
+                if !old.overlaps(new) {
+                    continue;
+                }
+                if !replace {
+                    return Err(PlanError::Conflict {
+                        first: old.origin.clone(),
+                        second: new.origin.clone(),
+                        port: new.host_port,
+                        proto: new.proto,
+                    }
+                    .into());
+                }
+                if !displaced.contains(&i) {
+                    displaced.push(i);
+                }
+            }
+        }
+        // The displaced bindings let go of their ports first, so the new ones can hold them;
+        // if anything below fails, they take them back.
+        displaced.sort_unstable();
+        let displaced: Vec<Published> = displaced
+            .into_iter()
+            .rev()
+            .map(|i| self.live.remove(i).published)
+            .collect();
+        match self.swap_in(&plan.bindings, &displaced) {
+            Ok(added) => Ok(added),
+            Err(refused) => {
+                self.restore(displaced);
+                Err(refused)
+            }
+        }
+    }
+
+    fn swap_in(
+        &mut self,
+        bindings: &[Binding],
+        displaced: &[Published],
+    ) -> Result<Vec<Published>, Refused> {
+        let reservations = reserve_all(bindings)?;
+        if !displaced.is_empty() {
+            let ids: Vec<u32> = displaced.iter().map(|p| p.id).collect();
+            self.dataplane.remove(&ids).map_err(Refused::Runtime)?;
+        }
+        let added = self.dataplane.add(bindings).map_err(Refused::Runtime)?;
+        self.live
+            .extend(
+                added
+                    .iter()
+                    .cloned()
+                    .zip(reservations)
+                    .map(|(published, reservation)| Live {
+                        published,
+                        _reservation: reservation,
+                    }),
+            );
+        if !displaced.is_empty() {
+            self.sweep();
+        }
+        Ok(added)
+    }
+
+    /// Puts displaced bindings back after a failed replacement, as far as the system lets it.
+    fn restore(&mut self, displaced: Vec<Published>) {
+        let still_published: Vec<u32> = self.dataplane.published().iter().map(|p| p.id).collect();
+        for published in displaced {
+            let reservation = match reserve::reserve(&published.binding) {
+                Ok(reservation) => reservation,
+                Err(error) => {
+                    log::error!(
+                        "could not take back the host port of {}: {error}",
+                        published.binding
+                    );
+                    continue;
+                }
+            };
+            let published = if still_published.contains(&published.id) {
+                published
+            } else {
+                match self.dataplane.add(std::slice::from_ref(&published.binding)) {
+                    Ok(mut again) => again.remove(0),
+                    Err(error) => {
+                        log::error!("could not publish {} again: {error:#}", published.binding);
+                        continue;
+                    }
+                }
+            };
+            self.live.push(Live {
+                published,
+                _reservation: reservation,
+            });
+        }
+    }
+
+    /// Withdraws the bindings `selectors` name; every selector must name at least one.
+    ///
+    /// # Errors
+    ///
+    /// A malformed selector, or one that names nothing (bad input); a dataplane failure.
+    pub fn remove(&mut self, selectors: &[String]) -> Result<Vec<Published>, Refused> {
+        let mut ids = Vec::new();
+        for text in selectors {
+            let selector = HostSelector::from_str(text).map_err(|e| Refused::BadInput(e.into()))?;
+            let matched: Vec<u32> = self
+                .published()
+                .filter(|p| selector.matches(&p.binding))
+                .map(|p| p.id)
+                .collect();
+            if matched.is_empty() {
+                return Err(Refused::BadInput(anyhow!(
+                    "no published binding matches {text:?} (see `portmap ls`)"
+                )));
+            }
+            ids.extend(matched);
+        }
+        let removed = self.dataplane.remove(&ids).map_err(Refused::Runtime)?;
+        // Dropping the entries releases their host ports.
+        self.live.retain(|live| !ids.contains(&live.published.id));
+        self.sweep();
+        Ok(removed)
+    }
+
+    /// Clears dead flows out of the table. Their replies are no longer translated either way
+    /// (their generation is gone); this only gives the room back.
+    fn sweep(&mut self) {
+        match self.dataplane.sweep_flows() {
+            Ok(0) => {}
+            Ok(n) => log::debug!("swept {n} flows of withdrawn bindings"),
+            Err(error) => log::warn!("could not sweep the flow table: {error:#}"),
+        }
+    }
+
+    fn stats(&self) -> Result<Response, Refused> {
+        let flows = self.dataplane.flows().map_err(Refused::Runtime)?;
+        let mut per_binding: HashMap<u32, u64> = HashMap::new();
+        let live: HashMap<u32, u32> = self.published().map(|p| (p.id, p.generation)).collect();
+        let mut total = 0;
+        for (_, flow) in &flows {
+            if live.get(&flow.binding_id) == Some(&flow.generation) {
+                *per_binding.entry(flow.binding_id).or_default() += 1;
+                total += 1;
+            }
+        }
+        let mut bindings = Vec::new();
+        for published in self.published() {
+            let s = self
+                .dataplane
+                .binding_stats(published.id)
+                .map_err(Refused::Runtime)?;
+            let mut binding = info(published);
+            binding.counters = Some(Counters {
+                to_container_packets: s.to_container_packets,
+                to_container_bytes: s.to_container_bytes,
+                to_client_packets: s.to_client_packets,
+                to_client_bytes: s.to_client_bytes,
+                flows: per_binding.get(&published.id).copied().unwrap_or(0),
+            });
+            bindings.push(binding);
+        }
+        let reasons = self
+            .dataplane
+            .reason_stats()
+            .map_err(Refused::Runtime)?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| (reason.name().to_owned(), n))
+            .collect();
+        Ok(Response {
+            bindings,
+            flows: total,
+            reasons,
+            ..Response::default()
+        })
+    }
+}
+
+/// A binding as `ls` reports it.
+pub fn info(published: &Published) -> BindingInfo {
+    let Binding {
+        host_ip,
+        host_port,
+        proto,
+        container,
+        origin,
+    } = &published.binding;
+    BindingInfo {
+        id: published.id,
+        proto: proto.to_string(),
+        host_ip: host_ip
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+            .to_string(),
+        host_port: *host_port,
+        container_ip: container.ip().to_string(),
+        container_port: container.port(),
+        source: origin.clone(),
+        counters: None,
+    }
+}

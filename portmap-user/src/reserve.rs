@@ -1,0 +1,220 @@
+//! Holding published host ports against other processes, as Docker does: for each binding a
+//! socket bound to its host address and port (listening, for TCP) with a filter that drops
+//! everything, so that no other program can take the port and nothing reaches this socket.
+//!
+//! When the port is taken, the error names the process that holds it.
+
+use std::{
+    fmt, fs, io,
+    mem::size_of,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use crate::{plan::Binding, spec::Proto};
+
+/// The sockets that hold one binding's host port; dropping it frees the port.
+#[derive(Debug)]
+pub struct Reservation {
+    _socket: OwnedFd,
+}
+
+/// Why a port could not be held.
+#[derive(Debug)]
+pub enum ReserveError {
+    /// Another socket has it.
+    InUse {
+        port: u16,
+        proto: Proto,
+        /// Who holds it, as far as /proc tells (`nginx (pid 1234)`).
+        holder: Option<String>,
+        wanted_by: String,
+    },
+    Io {
+        binding: String,
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for ReserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InUse {
+                port,
+                proto,
+                holder,
+                wanted_by,
+            } => {
+                let holder = holder.as_deref().unwrap_or("another socket");
+                write!(
+                    f,
+                    "host port {port}/{proto} is already in use by {holder}; wanted by {wanted_by:?}"
+                )
+            }
+            Self::Io { binding, error } => write!(f, "holding the host port of {binding}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ReserveError {}
+
+impl ReserveError {
+    /// Whether the operator's input is at fault (another program has the port) rather than
+    /// the system.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Self::InUse { .. })
+    }
+}
+
+/// Holds `binding`'s host port.
+///
+/// # Errors
+///
+/// [`ReserveError::InUse`], naming the holder, when another socket has the port.
+pub fn reserve(binding: &Binding) -> Result<Reservation, ReserveError> {
+    let addr = SocketAddrV4::new(
+        binding.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        binding.host_port,
+    );
+    let io_error = |error| ReserveError::Io {
+        binding: binding.origin.clone(),
+        error,
+    };
+    let (kind, protocol) = match binding.proto {
+        Proto::Tcp => (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+        Proto::Udp => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+        Proto::Sctp => {
+            return Err(io_error(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "sctp is not served",
+            )));
+        }
+    };
+    // SAFETY: a plain socket(2) call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io_error(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket.as_raw_fd();
+    // The filter goes on before listen(2), so that not one packet is ever queued here.
+    attach_drop_all(fd).map_err(io_error)?;
+    if binding.proto == Proto::Tcp {
+        // A finished connection's TIME_WAIT on the port must not keep us off it.
+        let one: libc::c_int = 1;
+        // SAFETY: a valid int option of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io_error(io::Error::last_os_error()));
+        }
+    }
+    let sockaddr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sockaddr` is a valid sockaddr_in of the size passed.
+    let bound = unsafe {
+        libc::bind(
+            fd,
+            (&raw const sockaddr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if bound != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EADDRINUSE) {
+            return Err(ReserveError::InUse {
+                port: binding.host_port,
+                proto: binding.proto,
+                holder: holder_of(binding.proto, binding.host_port),
+                wanted_by: binding.origin.clone(),
+            });
+        }
+        return Err(io_error(error));
+    }
+    // SAFETY: listen(2) on our own socket.
+    if binding.proto == Proto::Tcp && unsafe { libc::listen(fd, 1) } != 0 {
+        return Err(io_error(io::Error::last_os_error()));
+    }
+    Ok(Reservation { _socket: socket })
+}
+
+/// A classic BPF socket filter of one instruction, `ret #0`: accept nothing.
+fn attach_drop_all(fd: i32) -> io::Result<()> {
+    let mut program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, both alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Who holds `port`: finds the socket in /proc/net and the process with its inode open.
+/// Best effort: `None` when /proc does not say (another namespace's process, a race).
+pub fn holder_of(proto: Proto, port: u16) -> Option<String> {
+    let tables: &[&str] = match proto {
+        Proto::Tcp => &["/proc/net/tcp", "/proc/net/tcp6"],
+        Proto::Udp => &["/proc/net/udp", "/proc/net/udp6"],
+        Proto::Sctp => return None,
+    };
+    let inode = tables.iter().find_map(|path| {
+        let table = fs::read_to_string(path).ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let inode = fields.get(9)?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && *inode != "0")
+                .then(|| (*inode).to_owned())
+        })
+    })?;
+    let target = format!("socket:[{inode}]");
+    for process in fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .filter_map(Result::ok)
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|link| link.to_string_lossy() == target));
+        if holds {
+            let name = fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+            return Some(format!("{} (pid {pid})", name.trim()));
+        }
+    }
+    Some(format!(
+        "a socket (inode {inode}) of no process visible here"
+    ))
+}

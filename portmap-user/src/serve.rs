@@ -1,0 +1,275 @@
+//! `portmap run` once its arguments are resolved: take the instance lock, load and publish,
+//! pin the maps, attach, then serve control requests until a signal, and clean up.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File},
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use tokio::{
+    io::{
+        AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest,
+        unix::AsyncFd,
+    },
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::{Failure, RunConfig},
+    control::{InstancePaths, Request, Response},
+    dataplane::{self, Dataplane},
+    instance::{Instance, Refused},
+};
+
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// The largest control request read: ten thousand specs fit many times over.
+const MAX_REQUEST: usize = 64 << 20;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs an instance until SIGINT or SIGTERM.
+///
+/// # Errors
+///
+/// A [`Failure`]: bad input (another instance, a port held elsewhere) or a runtime failure.
+pub async fn run(config: RunConfig) -> Result<(), Failure> {
+    let paths = InstancePaths::new(&config.pin_dir);
+    let _lock = lock_instance(&paths).map_err(Failure::BadInput)?;
+    prepare_pin_dir(&paths.pin_dir).map_err(Failure::Runtime)?;
+
+    let result = serve(&config, &paths).await;
+    if let Err(error) = dataplane::unpin(&paths.pin_dir) {
+        log::warn!(
+            "could not remove pins under {}: {error}",
+            paths.pin_dir.display()
+        );
+    }
+    let _ = fs::remove_file(&paths.socket);
+    result
+}
+
+/// Loads, fills, pins and attaches, then serves until a signal. Returning drops the instance,
+/// which detaches every program and frees every host port.
+async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure> {
+    let mut dataplane = Dataplane::load().map_err(Failure::Runtime)?;
+    let logger = aya_log::EbpfLogger::init(dataplane.ebpf_mut());
+    dataplane
+        .set_local_addrs(&config.local_addrs)
+        .map_err(Failure::Runtime)?;
+    let mut instance = Instance::start(
+        dataplane,
+        &config.plan,
+        &config.bridge,
+        config.containers.clone(),
+    )
+    .map_err(|refused| match refused {
+        Refused::BadInput(e) => Failure::BadInput(e),
+        Refused::Runtime(e) => Failure::Runtime(e),
+    })?;
+    let listener = listen(paths).map_err(Failure::Runtime)?;
+    let mut ready = || -> anyhow::Result<()> {
+        instance.dataplane().pin_maps(&paths.pin_dir)?;
+        instance
+            .dataplane_mut()
+            .attach(&config.uplink, &config.bridge, config.hook)
+    };
+    ready().map_err(Failure::Runtime)?;
+
+    let published: Vec<_> = instance.published().cloned().collect();
+    println!(
+        "portmap: serving {} binding(s) on {} ({}), replies from {}; control at {}",
+        published.len(),
+        config.uplink.name,
+        config.hook,
+        config.bridge.name,
+        paths.socket.display()
+    );
+    for entry in &published {
+        println!("  {}", entry.binding);
+    }
+    if published.is_empty() {
+        println!("  (none yet: add some with `portmap add`)");
+    }
+
+    let signals = || -> anyhow::Result<_> {
+        Ok((
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        ))
+    };
+    let (mut sigint, mut sigterm) = signals().map_err(Failure::Runtime)?;
+    let forward_logs = async {
+        match logger {
+            // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd stays open for as
+            // long as it is registered.
+            Ok(logger) => {
+                match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+                    Ok(mut fd) => loop {
+                        if let Ok(mut guard) = fd.readable_mut().await {
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    },
+                    Err(error) => log::warn!("kernel-side logs unavailable: {error}"),
+                }
+            }
+            Err(error) => log::warn!("kernel-side logs unavailable: {error}"),
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::pin!(forward_logs);
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
+            () = &mut forward_logs => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => answer(&mut instance, stream).await,
+                Err(error) => log::warn!("control socket: {error}"),
+            },
+        }
+    }
+
+    println!("{}", final_report(&instance));
+    Ok(())
+}
+
+/// Reads one request from `stream`, applies it, writes the answer.
+async fn answer(instance: &mut Instance, stream: UnixStream) {
+    let (reader, mut writer) = stream.into_split();
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        BufReader::new(reader)
+            .take(MAX_REQUEST as u64)
+            .read_line(&mut line),
+    )
+    .await;
+    let response = match read {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => instance.handle(request),
+            Err(error) => Response::failed(format!("malformed request: {error}"), true),
+        },
+        Ok(Err(error)) => Response::failed(format!("reading the request: {error}"), false),
+        Err(_) => Response::failed("no request within 10 s", true),
+    };
+    let mut json = serde_json::to_string(&response)
+        .unwrap_or_else(|e| format!(r#"{{"error":"encoding the answer: {e}","bad_input":false}}"#));
+    json.push('\n');
+    if let Err(error) = writer.write_all(json.as_bytes()).await {
+        log::debug!("control client went away before its answer: {error}");
+    }
+}
+
+/// The control socket, readable and writable by root only.
+fn listen(paths: &InstancePaths) -> anyhow::Result<UnixListener> {
+    // We hold the instance lock: a socket file here is a crashed instance's.
+    let _ = fs::remove_file(&paths.socket);
+    let listener = UnixListener::bind(&paths.socket)
+        .with_context(|| format!("listening on {}", paths.socket.display()))?;
+    fs::set_permissions(&paths.socket, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn final_report(instance: &Instance) -> String {
+    let mut out = String::from("portmap: final counters\n");
+    for entry in instance.published() {
+        match instance.dataplane().binding_stats(entry.id) {
+            Ok(s) => {
+                let _ = writeln!(
+                    out,
+                    "  {}  in {} pkts {} B, out {} pkts {} B",
+                    entry.binding,
+                    s.to_container_packets,
+                    s.to_container_bytes,
+                    s.to_client_packets,
+                    s.to_client_bytes
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(out, "  {}  (counters unreadable: {error})", entry.binding);
+            }
+        }
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// One instance per pin directory: a second would overwrite the first's pins and fight over
+/// the interfaces. The lock lives in /run (bpffs holds no regular files) and dies with us.
+fn lock_instance(paths: &InstancePaths) -> anyhow::Result<File> {
+    let dir = Path::new(InstancePaths::RUN_DIR);
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file =
+        File::create(&paths.lock).with_context(|| format!("creating {}", paths.lock.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another portmap is already serving with pins at {} (lock {} is held)",
+            paths.pin_dir.display(),
+            paths.lock.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Makes sure `dir` can take pins: on a bpffs (mounting the standard one if nothing is mounted
+/// at /sys/fs/bpf, as bpftool does) and free of a crashed instance's leftovers.
+fn prepare_pin_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
+        mount_bpffs(Path::new(BPFFS_ROOT))?;
+    }
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(existing) {
+        bail!(
+            "pin directory {} is not on a bpffs; mount one with `mount -t bpf bpf DIR`",
+            dir.display()
+        );
+    }
+    if dir.exists() {
+        // We hold the instance lock, so whoever pinned these is gone.
+        log::info!("removing stale pins under {}", dir.display());
+        dataplane::unpin(dir)
+            .with_context(|| format!("removing stale pins under {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
+    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(anyhow!(std::io::Error::last_os_error()))
+            .with_context(|| format!("mounting a bpffs at {}", at.display()));
+    }
+    Ok(())
+}
