@@ -321,7 +321,7 @@ fn live_ls_and_stats_report_each_binding() {
 
     let json = stdout(&ctl(&net, &instance, &["ls", "--json"]));
     let json = json.trim();
-    assert!(json.starts_with(r#"{"bindings":[{"id":0,"proto":"tcp","host_ip":"0.0.0.0","host_port":8080,"container_ip":"172.17.0.2","container_port":80,"source":"8080:80=172.17.0.2"}"#), "{json}");
+    assert!(json.starts_with(r#"{"bindings":[{"id":0,"proto":"tcp","host_ip":"0.0.0.0","host_port":8080,"container_ip":"172.17.0.2","container_port":80,"source":"8080:80=172.17.0.2","bridge":"docker0"}"#), "{json}");
 
     let stats = stdout(&ctl(&net, &instance, &["stats"]));
     let line = stats
@@ -350,5 +350,55 @@ fn live_ls_and_stats_report_each_binding() {
         3,
         "{}",
         stdout(&watch)
+    );
+}
+
+// A binding on a second bridge (a Docker user network): the bridge gets the reply program when
+// its first binding arrives, and its container answers with the client's own address seen.
+#[test]
+fn live_add_on_a_second_bridge_serves_its_containers() {
+    let (net, instance, _servers) = setup(&[]);
+    net.host.ip("link add br-net2 type bridge").unwrap();
+    net.host.ip("addr add 172.18.0.1/16 dev br-net2").unwrap();
+    net.host.ip("link set br-net2 up").unwrap();
+    let c3 = Netns::new("c3").unwrap();
+    c3.ip(&format!(
+        "link add eth0 type veth peer name vethn2 netns {}",
+        net.host.name()
+    ))
+    .unwrap();
+    c3.ip("addr add 172.18.0.2/16 dev eth0").unwrap();
+    c3.ip("link set eth0 up").unwrap();
+    c3.ip("route add default via 172.18.0.1").unwrap();
+    c3.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+    net.host.ip("link set vethn2 master br-net2").unwrap();
+    net.host.ip("link set vethn2 up").unwrap();
+    let _server = servers::tcp(&c3, "c3", 80).unwrap();
+
+    let added = ctl(
+        &net,
+        &instance,
+        &["add", "--bridge", "br-net2", "7070:80=172.18.0.2"],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    let answer = net
+        .client
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, 7070)))
+        .expect("an answer from the second network");
+    assert_eq!(answer.server, "c3");
+    assert_eq!(*answer.saw.ip(), CLIENT_IP);
+    let ls = stdout(&ctl(&net, &instance, &["ls", "--json"]));
+    assert!(ls.contains(r#""bridge":"br-net2""#), "{ls}");
+
+    let unknown = ctl(
+        &net,
+        &instance,
+        &["add", "--bridge", "br-nope", "7171:80=172.18.0.2"],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains(r#"no network interface named "br-nope""#),
+        "{}",
+        stderr(&unknown)
     );
 }

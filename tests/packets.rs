@@ -610,7 +610,11 @@ fn tc_reply_v4_tcp_translates_only_the_new_bindings_flows_after_id_reuse() {
         &V4::tcp_syn(old_client, SocketAddrV4::new(HOST, 8080)),
     );
     dp.remove(&[0]).unwrap();
-    let added = dp.add(&bindings(&["8080:80=172.17.0.2"])).unwrap();
+    let bridge = Interface {
+        name: "docker0".into(),
+        index: BRIDGE_INDEX,
+    };
+    let added = dp.add(&bindings(&["8080:80=172.17.0.2"]), &bridge).unwrap();
     assert_eq!(added[0].id, 0, "the id is reused");
     xdp(&mut dp, &V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080)));
     let from_c1 = |client| reply(SocketAddrV4::new(C1, 80), client, packet::TCP).frame();

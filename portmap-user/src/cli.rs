@@ -213,6 +213,11 @@ pub struct AddArgs {
     /// step, its flows ending with it, instead of being a conflict.
     #[arg(long)]
     pub replace: bool,
+
+    /// The bridge these containers hang off, when not the one `run` was given (a Docker user
+    /// network, say); it gets the reply program if it has none yet.
+    #[arg(long, value_name = "BRIDGE")]
+    pub bridge: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -291,9 +296,13 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run(args) => crate::serve::run(RunConfig::from_args(args)?).await,
         Command::Check(args) => check(&args),
-        Command::Add(args) => {
-            client::add(&args.instance, &args.specs, &args.containers, args.replace)
-        }
+        Command::Add(args) => client::add(
+            &args.instance,
+            &args.specs,
+            &args.containers,
+            args.replace,
+            args.bridge.as_deref(),
+        ),
         Command::Rm(args) => client::rm(&args.instance, &args.selectors),
         Command::Ls(args) => client::ls(&args.instance, args.json),
         Command::Stats(args) => {

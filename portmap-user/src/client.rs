@@ -81,6 +81,7 @@ pub fn add(
     specs: &[String],
     containers: &[String],
     replace: bool,
+    bridge: Option<&str>,
 ) -> Result<(), Failure> {
     let response = call(
         args,
@@ -88,6 +89,7 @@ pub fn add(
             specs: specs.to_vec(),
             containers: containers.to_vec(),
             replace,
+            bridge: bridge.map(str::to_owned),
         },
     )?;
     for binding in &response.bindings {

@@ -56,6 +56,9 @@ pub enum Request {
         containers: Vec<String>,
         #[serde(default)]
         replace: bool,
+        /// The bridge the containers hang off, when not the instance's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bridge: Option<String>,
     },
     /// Withdraw the bindings that `selectors` (`[HOST_IP:]HOST_PORT[/PROTO]`) name, all or none.
     Rm { selectors: Vec<String> },
@@ -75,6 +78,8 @@ pub struct BindingInfo {
     pub container_port: u16,
     /// Where it came from: the spec as written, or `FILE:LINE: ENTRY SPEC` for compose.
     pub source: String,
+    /// The bridge its container hangs off.
+    pub bridge: String,
     /// Counters, in `stats` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,

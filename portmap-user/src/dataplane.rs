@@ -31,8 +31,10 @@ pub struct Dataplane {
     published: Vec<Published>,
     /// The local addresses wildcard bindings are currently expanded to.
     local_addrs: Vec<Ipv4Addr>,
-    /// Where translated packets go.
-    bridge_index: u32,
+    /// Bridges bindings send to, each with `tc_reply` once attached.
+    bridges: Vec<Interface>,
+    /// Whether the programs are attached: from then on, a new bridge gets `tc_reply` at once.
+    attached: bool,
     /// Binding ids: handed out from `next_id` up, reused once released.
     ids: IdPool,
 }
@@ -91,6 +93,8 @@ pub struct Published {
     pub id: u32,
     /// The id's generation for this binding: its flows carry it.
     pub generation: u32,
+    /// The bridge its container hangs off: translated packets go there.
+    pub bridge: Interface,
 }
 
 /// The kernel's binding entries for `published`: a specific binding is one key, a wildcard one
@@ -100,7 +104,6 @@ pub struct Published {
 pub fn binding_entries(
     published: &[Published],
     local_addrs: &[Ipv4Addr],
-    bridge_index: u32,
 ) -> StdHashMap<BindingKeyV4, BindingV4> {
     let entry_of = |published: &Published, addr: Ipv4Addr| {
         let Binding {
@@ -116,7 +119,7 @@ pub fn binding_entries(
                 container.ip().octets(),
                 container.port(),
                 published.id,
-                bridge_index,
+                published.bridge.index,
                 published.generation,
             ),
         )
@@ -172,7 +175,8 @@ impl Dataplane {
             ebpf,
             published: Vec::new(),
             local_addrs: Vec::new(),
-            bridge_index: 0,
+            bridges: Vec::new(),
+            attached: false,
             ids: IdPool::default(),
         })
     }
@@ -194,17 +198,23 @@ impl Dataplane {
         bindings: &[Binding],
         bridge: &Interface,
     ) -> anyhow::Result<Vec<Published>> {
-        self.bridge_index = bridge.index;
-        self.add(bindings)
+        self.add(bindings, bridge)
     }
 
-    /// Adds `bindings` beside what is published, all or nothing: each gets a counter slot
-    /// (zeroed) and a fresh generation, and only the kernel entries that are new are written.
+    /// Adds `bindings`, whose containers hang off `bridge`, beside what is published, all or
+    /// nothing: each gets a counter slot (zeroed) and a fresh generation, and only the kernel
+    /// entries that are new are written. A bridge not served yet gets `tc_reply` first.
     ///
     /// # Errors
     ///
-    /// When the ids run out or a map write fails; nothing stays written then.
-    pub fn add(&mut self, bindings: &[Binding]) -> anyhow::Result<Vec<Published>> {
+    /// When the ids run out, the bridge cannot be served, or a map write fails; nothing stays
+    /// written then.
+    pub fn add(
+        &mut self,
+        bindings: &[Binding],
+        bridge: &Interface,
+    ) -> anyhow::Result<Vec<Published>> {
+        self.serve_bridge(bridge)?;
         let mut added = Vec::with_capacity(bindings.len());
         for binding in bindings {
             let Some(id) = self.ids.take() else {
@@ -217,6 +227,7 @@ impl Dataplane {
                 binding: binding.clone(),
                 id,
                 generation: 0,
+                bridge: bridge.clone(),
             });
         }
         let written = self.write_added(&mut added);
@@ -247,8 +258,8 @@ impl Dataplane {
         }
         let mut all = self.published.clone();
         all.extend(added.iter().cloned());
-        let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
-        let after = binding_entries(&all, &self.local_addrs, self.bridge_index);
+        let before = binding_entries(&self.published, &self.local_addrs);
+        let after = binding_entries(&all, &self.local_addrs);
         self.apply_entries(&before, &after)
     }
 
@@ -266,8 +277,8 @@ impl Dataplane {
             .iter()
             .cloned()
             .partition(|p| ids.contains(&p.id));
-        let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
-        let after = binding_entries(&kept, &self.local_addrs, self.bridge_index);
+        let before = binding_entries(&self.published, &self.local_addrs);
+        let after = binding_entries(&kept, &self.local_addrs);
         self.apply_entries(&before, &after)?;
         self.published = kept;
         let mut gens: Array<_, u32> =
@@ -319,8 +330,8 @@ impl Dataplane {
     ///
     /// When a map write fails; the previous addresses then stay in force.
     pub fn set_local_addrs(&mut self, addrs: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let before = binding_entries(&self.published, &self.local_addrs, self.bridge_index);
-        let after = binding_entries(&self.published, addrs, self.bridge_index);
+        let before = binding_entries(&self.published, &self.local_addrs);
+        let after = binding_entries(&self.published, addrs);
         self.apply_entries(&before, &after)?;
         self.local_addrs = addrs.to_vec();
         Ok(())
@@ -366,8 +377,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches `tc_reply` to the bridge, then the uplink's translation: the reverse path is in
-    /// place before the first packet is translated.
+    /// Attaches `tc_reply` to every bridge bindings send to (and `bridge`), then the uplink's
+    /// translation: the reverse path is in place before the first packet is translated.
     ///
     /// # Errors
     ///
@@ -378,7 +389,13 @@ impl Dataplane {
         bridge: &Interface,
         hook: UplinkHook,
     ) -> anyhow::Result<()> {
-        self.attach_tc(programs::TC_REPLY, bridge)?;
+        if !self.bridges.contains(bridge) {
+            self.bridges.push(bridge.clone());
+        }
+        for bridge in self.bridges.clone() {
+            self.attach_tc(programs::TC_REPLY, &bridge)?;
+        }
+        self.attached = true;
         let mode = match hook {
             UplinkHook::Tc => return self.attach_tc(programs::TC_UPLINK, uplink),
             UplinkHook::Xdp(mode) => mode,
@@ -396,6 +413,19 @@ impl Dataplane {
                 uplink.name
             ))
         })?;
+        Ok(())
+    }
+
+    /// Makes `bridge` one that replies are translated on: now if the programs are attached,
+    /// else when they are.
+    fn serve_bridge(&mut self, bridge: &Interface) -> anyhow::Result<()> {
+        if self.bridges.contains(bridge) {
+            return Ok(());
+        }
+        if self.attached {
+            self.attach_tc(programs::TC_REPLY, bridge)?;
+        }
+        self.bridges.push(bridge.clone());
         Ok(())
     }
 

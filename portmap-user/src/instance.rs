@@ -8,6 +8,7 @@ use anyhow::anyhow;
 use crate::{
     control::{BindingInfo, Counters, Request, Response},
     dataplane::{Dataplane, Published},
+    netdev::Interface,
     plan::{Binding, Plan, PlanError, PortPool, Request as PlanRequest, StaticAddrs},
     reserve::{self, Reservation, ReserveError},
     spec::{ContainerAddr, HostSelector, Publish},
@@ -60,6 +61,8 @@ pub struct Instance {
     live: Vec<Live>,
     /// `--container` addresses given to `run`, for services named by later `add`s.
     containers: Vec<ContainerAddr>,
+    /// The bridge `run` was given: where bindings go unless an `add` names another.
+    bridge: Interface,
 }
 
 /// Holds every binding's host port, or none.
@@ -76,7 +79,7 @@ impl Instance {
     pub fn start(
         mut dataplane: Dataplane,
         plan: &Plan,
-        bridge: &crate::netdev::Interface,
+        bridge: &Interface,
         containers: Vec<ContainerAddr>,
     ) -> Result<Self, Refused> {
         let reservations = reserve_all(&plan.bindings)?;
@@ -94,6 +97,7 @@ impl Instance {
                 })
                 .collect(),
             containers,
+            bridge: bridge.clone(),
         })
     }
 
@@ -121,8 +125,9 @@ impl Instance {
                 specs,
                 containers,
                 replace,
+                bridge,
             } => self
-                .add(&specs, &containers, replace)
+                .add(&specs, &containers, replace, bridge.as_deref())
                 .map(|added| Response {
                     bindings: added.iter().map(info).collect(),
                     ..Response::default()
@@ -135,19 +140,28 @@ impl Instance {
         result.unwrap_or_else(Refused::into_response)
     }
 
-    /// Publishes `specs` beside what is published. A host port that a binding already holds
-    /// is a conflict naming both, unless `replace`, which withdraws that binding in the same
-    /// step (its flows end with it). Nothing changes on failure.
+    /// Publishes `specs`, whose containers hang off `bridge` (`run`'s bridge by default),
+    /// beside what is published. A host port that a binding already holds is a conflict naming
+    /// both, unless `replace`, which withdraws that binding in the same step (its flows end
+    /// with it). Nothing changes on failure.
     ///
     /// # Errors
     ///
-    /// Malformed specs, conflicts and ports held by other processes are bad input.
+    /// Malformed specs, an unknown bridge, conflicts and ports held by other processes are bad
+    /// input.
     pub fn add(
         &mut self,
         specs: &[String],
         containers: &[String],
         replace: bool,
+        bridge: Option<&str>,
     ) -> Result<Vec<Published>, Refused> {
+        let bridge = match bridge {
+            None => self.bridge.clone(),
+            Some(name) => {
+                Interface::by_name(name).map_err(|e| Refused::BadInput(e.context("--bridge")))?
+            }
+        };
         let publishes = specs
             .iter()
             .map(|spec| Publish::from_str(spec))
@@ -197,7 +211,7 @@ impl Instance {
             .rev()
             .map(|i| self.live.remove(i).published)
             .collect();
-        match self.swap_in(&plan.bindings, &displaced) {
+        match self.swap_in(&plan.bindings, &displaced, &bridge) {
             Ok(added) => Ok(added),
             Err(refused) => {
                 self.restore(displaced);
@@ -210,13 +224,17 @@ impl Instance {
         &mut self,
         bindings: &[Binding],
         displaced: &[Published],
+        bridge: &Interface,
     ) -> Result<Vec<Published>, Refused> {
         let reservations = reserve_all(bindings)?;
         if !displaced.is_empty() {
             let ids: Vec<u32> = displaced.iter().map(|p| p.id).collect();
             self.dataplane.remove(&ids).map_err(Refused::Runtime)?;
         }
-        let added = self.dataplane.add(bindings).map_err(Refused::Runtime)?;
+        let added = self
+            .dataplane
+            .add(bindings, bridge)
+            .map_err(Refused::Runtime)?;
         self.live
             .extend(
                 added
@@ -251,7 +269,10 @@ impl Instance {
             let published = if still_published.contains(&published.id) {
                 published
             } else {
-                match self.dataplane.add(std::slice::from_ref(&published.binding)) {
+                match self
+                    .dataplane
+                    .add(std::slice::from_ref(&published.binding), &published.bridge)
+                {
                     Ok(mut again) => again.remove(0),
                     Err(error) => {
                         log::error!("could not publish {} again: {error:#}", published.binding);
@@ -367,6 +388,7 @@ pub fn info(published: &Published) -> BindingInfo {
         container_ip: container.ip().to_string(),
         container_port: container.port(),
         source: origin.clone(),
+        bridge: published.bridge.name.clone(),
         counters: None,
     }
 }
