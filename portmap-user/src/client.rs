@@ -90,6 +90,8 @@ pub fn add(
             containers: containers.to_vec(),
             replace,
             bridge: bridge.map(str::to_owned),
+            owner: None,
+            hold_ports: true,
         },
     )?;
     for binding in &response.bindings {
@@ -103,6 +105,7 @@ pub fn rm(args: &InstanceArgs, selectors: &[String]) -> Result<(), Failure> {
         args,
         &Request::Rm {
             selectors: selectors.to_vec(),
+            owner: None,
         },
     )?;
     for binding in &response.bindings {
@@ -125,7 +128,10 @@ pub fn ls(args: &InstanceArgs, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     for binding in &response.bindings {
-        println!("{}  ({})", line(binding), binding.source);
+        match &binding.owner {
+            Some(owner) => println!("{}  ({owner}: {})", line(binding), binding.source),
+            None => println!("{}  ({})", line(binding), binding.source),
+        }
     }
     Ok(())
 }

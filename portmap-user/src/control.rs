@@ -59,9 +59,26 @@ pub enum Request {
         /// The bridge the containers hang off, when not the instance's own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bridge: Option<String>,
+        /// Who publishes them (a CNI container id, say); `rm` by owner withdraws them all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        /// Whether to hold the host ports against other processes (not where another party,
+        /// such as Docker, holds them already).
+        #[serde(default = "yes")]
+        hold_ports: bool,
     },
-    /// Withdraw the bindings that `selectors` (`[HOST_IP:]HOST_PORT[/PROTO]`) name, all or none.
-    Rm { selectors: Vec<String> },
+    /// Withdraw the bindings that `selectors` (`[HOST_IP:]HOST_PORT[/PROTO]`) name, all or
+    /// none; or, with no selectors, every binding `owner` published (none is no error).
+    Rm {
+        #[serde(default)]
+        selectors: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One binding as `ls` and `stats` report it. The JSON shape is an interface: fields are added,
@@ -80,6 +97,9 @@ pub struct BindingInfo {
     pub source: String,
     /// The bridge its container hangs off.
     pub bridge: String,
+    /// Who published it, when not the command line (`docker:NAME`, `cni:CONTAINER_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Counters, in `stats` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,

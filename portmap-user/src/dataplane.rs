@@ -22,7 +22,7 @@ use crate::{netdev::Interface, plan::Binding};
 
 /// The eBPF object, built by `build.rs` from `portmap-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-ebpf"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bpf"));
 
 /// Loaded programs and maps. Dropping it detaches every program it attached.
 pub struct Dataplane {

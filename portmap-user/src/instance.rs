@@ -50,10 +50,14 @@ impl From<ReserveError> for Refused {
     }
 }
 
-/// One published binding and what holds its host port.
+/// One published binding, who asked for it, and what holds its host port.
 struct Live {
     published: Published,
-    _reservation: Reservation,
+    /// Who publishes it, when something other than the command line does (a Docker container,
+    /// a CNI container id): removing by owner withdraws all of its bindings.
+    owner: Option<String>,
+    /// `None` where another party holds the port already (Docker's own proxy or reservation).
+    _reservation: Option<Reservation>,
 }
 
 pub struct Instance {
@@ -65,9 +69,30 @@ pub struct Instance {
     bridge: Interface,
 }
 
+/// How to publish a set of bindings.
+#[derive(Clone, Debug, Default)]
+pub struct Publication {
+    /// Who publishes them (see [`Instance::withdraw_owner`]).
+    pub owner: Option<String>,
+    /// Whether to hold their host ports against other processes.
+    pub hold_ports: bool,
+    /// Whether a binding already on one of their host ports is withdrawn instead of being a
+    /// conflict (re-pointing).
+    pub replace: bool,
+}
+
 /// Holds every binding's host port, or none.
-fn reserve_all(bindings: &[Binding]) -> Result<Vec<Reservation>, ReserveError> {
-    bindings.iter().map(reserve::reserve).collect()
+fn reserve_all(bindings: &[Binding], hold: bool) -> Result<Vec<Option<Reservation>>, ReserveError> {
+    bindings
+        .iter()
+        .map(|binding| {
+            if hold {
+                reserve::reserve(binding).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect()
 }
 
 impl Instance {
@@ -82,7 +107,7 @@ impl Instance {
         bridge: &Interface,
         containers: Vec<ContainerAddr>,
     ) -> Result<Self, Refused> {
-        let reservations = reserve_all(&plan.bindings)?;
+        let reservations = reserve_all(&plan.bindings, true)?;
         let published = dataplane
             .publish(&plan.bindings, bridge)
             .map_err(Refused::Runtime)?;
@@ -93,6 +118,7 @@ impl Instance {
                 .zip(reservations)
                 .map(|(published, reservation)| Live {
                     published,
+                    owner: None,
                     _reservation: reservation,
                 })
                 .collect(),
@@ -109,15 +135,36 @@ impl Instance {
         &mut self.dataplane
     }
 
+    /// The bridge `run` was given.
+    pub fn default_bridge(&self) -> &Interface {
+        &self.bridge
+    }
+
     pub fn published(&self) -> impl Iterator<Item = &Published> {
         self.live.iter().map(|live| &live.published)
     }
 
+    /// Every binding with its owner.
+    pub fn published_with_owner(&self) -> impl Iterator<Item = (&Published, Option<&str>)> {
+        self.live
+            .iter()
+            .map(|live| (&live.published, live.owner.as_deref()))
+    }
+
     /// Answers one control request.
     pub fn handle(&mut self, request: Request) -> Response {
+        let listed = |bindings: &[(Published, Option<String>)]| {
+            bindings
+                .iter()
+                .map(|(p, owner)| info(p, owner.as_deref()))
+                .collect()
+        };
         let result = match request {
             Request::Ls => Ok(Response {
-                bindings: self.published().map(info).collect(),
+                bindings: self
+                    .published_with_owner()
+                    .map(|(p, o)| info(p, o))
+                    .collect(),
                 ..Response::default()
             }),
             Request::Stats => self.stats(),
@@ -126,35 +173,52 @@ impl Instance {
                 containers,
                 replace,
                 bridge,
-            } => self
-                .add(&specs, &containers, replace, bridge.as_deref())
-                .map(|added| Response {
-                    bindings: added.iter().map(info).collect(),
+                owner,
+                hold_ports,
+            } => {
+                let publication = Publication {
+                    owner,
+                    hold_ports,
+                    replace,
+                };
+                self.add(&specs, &containers, bridge.as_deref(), &publication)
+                    .map(|added| Response {
+                        bindings: added
+                            .iter()
+                            .map(|p| info(p, publication.owner.as_deref()))
+                            .collect(),
+                        ..Response::default()
+                    })
+            }
+            Request::Rm { selectors, owner } => {
+                let removed = match owner {
+                    Some(owner) if selectors.is_empty() => self.withdraw_owner(&owner),
+                    Some(_) => Err(Refused::BadInput(anyhow!(
+                        "rm takes selectors or an owner, not both"
+                    ))),
+                    None => self.remove(&selectors),
+                };
+                removed.map(|removed| Response {
+                    bindings: listed(&removed),
                     ..Response::default()
-                }),
-            Request::Rm { selectors } => self.remove(&selectors).map(|removed| Response {
-                bindings: removed.iter().map(info).collect(),
-                ..Response::default()
-            }),
+                })
+            }
         };
         result.unwrap_or_else(Refused::into_response)
     }
 
     /// Publishes `specs`, whose containers hang off `bridge` (`run`'s bridge by default),
-    /// beside what is published. A host port that a binding already holds is a conflict naming
-    /// both, unless `replace`, which withdraws that binding in the same step (its flows end
-    /// with it). Nothing changes on failure.
+    /// beside what is published; see [`Instance::publish`].
     ///
     /// # Errors
     ///
-    /// Malformed specs, an unknown bridge, conflicts and ports held by other processes are bad
-    /// input.
+    /// Malformed specs and an unknown bridge are bad input; as [`Instance::publish`].
     pub fn add(
         &mut self,
         specs: &[String],
         containers: &[String],
-        replace: bool,
         bridge: Option<&str>,
+        publication: &Publication,
     ) -> Result<Vec<Published>, Refused> {
         let bridge = match bridge {
             None => self.bridge.clone(),
@@ -181,15 +245,31 @@ impl Instance {
                 "nothing to publish in {specs:?}"
             )));
         }
+        self.publish(&plan.bindings, &bridge, publication)
+    }
 
+    /// Publishes `bindings` toward `bridge` beside what is published. A host port that a
+    /// binding already holds is a conflict naming both, unless `publication.replace`, which
+    /// withdraws that binding in the same step (its flows end with it). Nothing changes on
+    /// failure.
+    ///
+    /// # Errors
+    ///
+    /// Conflicts and ports held by other processes are bad input; dataplane failures are not.
+    pub fn publish(
+        &mut self,
+        bindings: &[Binding],
+        bridge: &Interface,
+        publication: &Publication,
+    ) -> Result<Vec<Published>, Refused> {
         let mut displaced = Vec::new();
-        for new in &plan.bindings {
+        for new in bindings {
             for (i, live) in self.live.iter().enumerate() {
                 let old = &live.published.binding;
                 if !old.overlaps(new) {
                     continue;
                 }
-                if !replace {
+                if !publication.replace {
                     return Err(PlanError::Conflict {
                         first: old.origin.clone(),
                         second: new.origin.clone(),
@@ -206,12 +286,16 @@ impl Instance {
         // The displaced bindings let go of their ports first, so the new ones can hold them;
         // if anything below fails, they take them back.
         displaced.sort_unstable();
-        let displaced: Vec<Published> = displaced
+        let displaced: Vec<(Published, Option<String>, bool)> = displaced
             .into_iter()
             .rev()
-            .map(|i| self.live.remove(i).published)
+            .map(|i| {
+                let live = self.live.remove(i);
+                let held = live._reservation.is_some();
+                (live.published, live.owner, held)
+            })
             .collect();
-        match self.swap_in(&plan.bindings, &displaced, &bridge) {
+        match self.swap_in(bindings, &displaced, bridge, publication) {
             Ok(added) => Ok(added),
             Err(refused) => {
                 self.restore(displaced);
@@ -223,12 +307,13 @@ impl Instance {
     fn swap_in(
         &mut self,
         bindings: &[Binding],
-        displaced: &[Published],
+        displaced: &[(Published, Option<String>, bool)],
         bridge: &Interface,
+        publication: &Publication,
     ) -> Result<Vec<Published>, Refused> {
-        let reservations = reserve_all(bindings)?;
+        let reservations = reserve_all(bindings, publication.hold_ports)?;
         if !displaced.is_empty() {
-            let ids: Vec<u32> = displaced.iter().map(|p| p.id).collect();
+            let ids: Vec<u32> = displaced.iter().map(|(p, _, _)| p.id).collect();
             self.dataplane.remove(&ids).map_err(Refused::Runtime)?;
         }
         let added = self
@@ -243,6 +328,7 @@ impl Instance {
                     .zip(reservations)
                     .map(|(published, reservation)| Live {
                         published,
+                        owner: publication.owner.clone(),
                         _reservation: reservation,
                     }),
             );
@@ -253,18 +339,22 @@ impl Instance {
     }
 
     /// Puts displaced bindings back after a failed replacement, as far as the system lets it.
-    fn restore(&mut self, displaced: Vec<Published>) {
+    fn restore(&mut self, displaced: Vec<(Published, Option<String>, bool)>) {
         let still_published: Vec<u32> = self.dataplane.published().iter().map(|p| p.id).collect();
-        for published in displaced {
-            let reservation = match reserve::reserve(&published.binding) {
-                Ok(reservation) => reservation,
-                Err(error) => {
-                    log::error!(
-                        "could not take back the host port of {}: {error}",
-                        published.binding
-                    );
-                    continue;
+        for (published, owner, held) in displaced {
+            let reservation = if held {
+                match reserve::reserve(&published.binding) {
+                    Ok(reservation) => Some(reservation),
+                    Err(error) => {
+                        log::error!(
+                            "could not take back the host port of {}: {error}",
+                            published.binding
+                        );
+                        continue;
+                    }
                 }
+            } else {
+                None
             };
             let published = if still_published.contains(&published.id) {
                 published
@@ -282,6 +372,7 @@ impl Instance {
             };
             self.live.push(Live {
                 published,
+                owner,
                 _reservation: reservation,
             });
         }
@@ -292,7 +383,10 @@ impl Instance {
     /// # Errors
     ///
     /// A malformed selector, or one that names nothing (bad input); a dataplane failure.
-    pub fn remove(&mut self, selectors: &[String]) -> Result<Vec<Published>, Refused> {
+    pub fn remove(
+        &mut self,
+        selectors: &[String],
+    ) -> Result<Vec<(Published, Option<String>)>, Refused> {
         let mut ids = Vec::new();
         for text in selectors {
             let selector = HostSelector::from_str(text).map_err(|e| Refused::BadInput(e.into()))?;
@@ -308,11 +402,43 @@ impl Instance {
             }
             ids.extend(matched);
         }
-        let removed = self.dataplane.remove(&ids).map_err(Refused::Runtime)?;
-        // Dropping the entries releases their host ports.
-        self.live.retain(|live| !ids.contains(&live.published.id));
+        self.withdraw(&ids)
+    }
+
+    /// Withdraws every binding `owner` published; none is no error (a repeated removal, as
+    /// CNI's DEL may be).
+    ///
+    /// # Errors
+    ///
+    /// A dataplane failure.
+    pub fn withdraw_owner(
+        &mut self,
+        owner: &str,
+    ) -> Result<Vec<(Published, Option<String>)>, Refused> {
+        let ids: Vec<u32> = self
+            .live
+            .iter()
+            .filter(|live| live.owner.as_deref() == Some(owner))
+            .map(|live| live.published.id)
+            .collect();
+        self.withdraw(&ids)
+    }
+
+    fn withdraw(&mut self, ids: &[u32]) -> Result<Vec<(Published, Option<String>)>, Refused> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.dataplane.remove(ids).map_err(Refused::Runtime)?;
+        let (gone, kept): (Vec<Live>, Vec<Live>) = std::mem::take(&mut self.live)
+            .into_iter()
+            .partition(|live| ids.contains(&live.published.id));
+        self.live = kept;
         self.sweep();
-        Ok(removed)
+        // Dropping `gone` releases the host ports it held.
+        Ok(gone
+            .into_iter()
+            .map(|live| (live.published, live.owner))
+            .collect())
     }
 
     /// Clears dead flows out of the table. Their replies are no longer translated either way
@@ -337,12 +463,12 @@ impl Instance {
             }
         }
         let mut bindings = Vec::new();
-        for published in self.published() {
+        for (published, owner) in self.published_with_owner() {
             let s = self
                 .dataplane
                 .binding_stats(published.id)
                 .map_err(Refused::Runtime)?;
-            let mut binding = info(published);
+            let mut binding = info(published, owner);
             binding.counters = Some(Counters {
                 to_container_packets: s.to_container_packets,
                 to_container_bytes: s.to_container_bytes,
@@ -370,7 +496,7 @@ impl Instance {
 }
 
 /// A binding as `ls` reports it.
-pub fn info(published: &Published) -> BindingInfo {
+pub fn info(published: &Published, owner: Option<&str>) -> BindingInfo {
     let Binding {
         host_ip,
         host_port,
@@ -389,6 +515,7 @@ pub fn info(published: &Published) -> BindingInfo {
         container_port: container.port(),
         source: origin.clone(),
         bridge: published.bridge.name.clone(),
+        owner: owner.map(str::to_owned),
         counters: None,
     }
 }
