@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use portmap_common::{FlowKeyV4, Reason, XDP_META_MAGIC, programs};
+use portmap_common::{Addr, FlowKeyV4, Reason, XDP_META_MAGIC, programs};
 use portmap_tests::{
     packet::{self, V4},
     process::require_root,
@@ -19,6 +19,7 @@ use portmap_user::{
     spec::Publish,
 };
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -124,8 +125,8 @@ fn xdp_v4_tcp_rewrites_dst_when_bound() {
     assert_eq!(
         key,
         FlowKeyV4 {
-            container_addr: C1.octets(),
-            client_addr: CLIENT.ip().octets(),
+            container_addr: Addr(C1.octets()),
+            client_addr: Addr(CLIENT.ip().octets()),
             container_port: 80u16.to_be_bytes(),
             client_port: CLIENT.port().to_be_bytes(),
             proto: packet::TCP,
@@ -134,7 +135,7 @@ fn xdp_v4_tcp_rewrites_dst_when_bound() {
     );
     assert_eq!(
         flow.host_addr,
-        HOST.octets(),
+        Addr(HOST.octets()),
         "the exact address the client used"
     );
     assert_eq!(flow.host_port, 8080u16.to_be_bytes());
@@ -243,13 +244,16 @@ fn xdp_v4_udp_passes_when_only_tcp_bound() {
     assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
-// A crafted packet to 127.0.0.1 from the wire never reaches a loopback-only binding (S6).
+// A crafted packet to 127.0.0.1 from the wire never reaches a loopback-only binding: it is
+// dropped (S6, moby #45610).
 #[test]
-fn xdp_v4_tcp_passes_loopback_dst_even_when_bound() {
+fn s6_xdp_v4_tcp_drops_loopback_dst_even_when_bound() {
     let mut dp = dataplane(&["127.0.0.1:5000:5000=172.17.0.2"]);
     let frame = V4::tcp_syn(CLIENT, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5000)).frame();
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
+    assert_eq!(ran.verdict, XDP_DROP, "verdict");
+    assert_eq!(count(&dp, Reason::UplinkDropLoopback), 1);
+    assert_eq!(count(&dp, Reason::UplinkTranslated), 0);
 }
 
 // IPv4 options are refused up front and pass untouched.
@@ -296,13 +300,13 @@ fn xdp_arp_passes_untouched() {
     assert_untouched(&ran, &frame, Reason::UplinkPassNotIp, &dp);
 }
 
-// IPv6 passes untouched until IPv6 translation lands.
+// IPv6 to a port no IPv6 binding publishes passes untouched.
 #[test]
-fn xdp_v6_tcp_passes_untouched() {
+fn xdp_v6_tcp_passes_when_unbound() {
     let mut dp = dataplane(&["8080:80=172.17.0.2"]);
     let frame = packet::ipv6_tcp_syn(8080);
     let ran = testrun::xdp(&mut dp, &frame, 1);
-    assert_untouched(&ran, &frame, Reason::UplinkPassIpv6, &dp);
+    assert_untouched(&ran, &frame, Reason::UplinkPassNoBinding, &dp);
 }
 
 // Truncated headers pass untouched: Ethernet, IPv4, TCP and UDP cut short.
@@ -331,21 +335,18 @@ fn xdp_truncated_headers_pass_untouched() {
     }
 }
 
-// Fragments are not translated yet, and never corrupted: a first fragment (MF set) and a
-// later one (offset > 0) pass byte for byte.
+// A later fragment whose first was not seen (out of order) passes byte for byte, counted
+// (S14).
 #[test]
-fn xdp_v4_fragments_pass_untouched() {
-    for (what, frag) in [("first fragment", 0x2000u16), ("later fragment", 0x0010)] {
-        let mut dp = dataplane(&["5353:53/udp=172.17.0.3"]);
-        let frame = V4 {
-            frag,
-            ..V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), &[0xab; 64])
-        }
-        .frame();
-        let ran = testrun::xdp(&mut dp, &frame, 1);
-        assert_eq!(ran.frame, frame, "{what}");
-        assert_eq!(count(&dp, Reason::UplinkPassFragment), 1, "{what}");
+fn s14_xdp_v4_later_fragment_passes_when_first_unseen() {
+    let mut dp = dataplane(&["5353:53/udp=172.17.0.3"]);
+    let frame = V4 {
+        frag: 0x0010,
+        ..V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), &[0xab; 64])
     }
+    .frame();
+    let ran = testrun::xdp(&mut dp, &frame, 1);
+    assert_untouched(&ran, &frame, Reason::UplinkPassFragmentUnknown, &dp);
 }
 
 /// A container's reply to `client` from `container`, as it reaches the bridge.

@@ -2,13 +2,16 @@
 //! every key and value, the XDP→TC metadata, and the counter indices.
 //!
 //! Byte order: every address and port is stored as it appears on the wire (network byte order),
-//! as raw byte arrays, so the eBPF side compares and copies them without swapping and nothing
-//! here has an ambiguous integer byte order. Counters and indices are host-order integers.
+//! as byte arrays ([`Addr`] for addresses), so the eBPF side compares and copies them without
+//! swapping and nothing here has an ambiguous integer byte order. Counters and indices are
+//! host-order integers.
 #![no_std]
 
+pub mod addr;
 pub mod maps;
 pub mod reason;
 
+pub use addr::Addr;
 pub use maps::*;
 pub use reason::Reason;
 
@@ -19,8 +22,10 @@ pub mod globals {
     pub const NEXTHOP_PARAMS: &str = "NEXTHOP_PARAMS";
 }
 
-/// IP protocol numbers as they appear in the IPv4 `protocol` field.
+/// IP protocol numbers as they appear in the IPv4 `protocol` / IPv6 `next header` field.
 pub mod proto {
+    pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
 }

@@ -6,24 +6,43 @@
 
 use core::mem::size_of;
 
+use crate::Addr;
+
 /// Names of the maps in the eBPF object.
 pub mod names {
-    /// `HashMap<BindingKeyV4, BindingV4>`: published ports.
+    /// `HashMap<BindingKeyV4, BindingV4>`: published ports on IPv4 addresses.
     pub const BINDINGS_V4: &str = "BINDINGS_V4";
+    /// `HashMap<BindingKeyV6, BindingV6>`: published ports on IPv6 addresses.
+    pub const BINDINGS_V6: &str = "BINDINGS_V6";
     /// `LruHashMap<FlowKeyV4, FlowV4>`: translated flows, keyed as the container's replies look.
     pub const FLOWS_V4: &str = "FLOWS_V4";
-    /// `PerCpuArray<BindingStats>`: per-binding counters, indexed by [`super::BindingV4::id`].
+    /// `LruHashMap<FlowKeyV6, FlowV6>`: the same for IPv6.
+    pub const FLOWS_V6: &str = "FLOWS_V6";
+    /// `LruHashMap<FragKeyV4, FragV4>`: how the first fragment of a datagram was translated,
+    /// for the fragments after it, which carry no ports.
+    pub const FRAGS_V4: &str = "FRAGS_V4";
+    /// `LruHashMap<FragKeyV6, FragV6>`: the same for IPv6.
+    pub const FRAGS_V6: &str = "FRAGS_V6";
+    /// `PerCpuArray<BindingStats>`: per-binding counters, indexed by binding id.
     pub const BINDING_STATS: &str = "BINDING_STATS";
     /// `PerCpuArray<u64>`: why packets went the way they did, indexed by [`crate::Reason`].
     pub const REASON_STATS: &str = "REASON_STATS";
     /// `Array<u32>`: each binding id's current generation. A flow recorded under an older one
     /// belongs to a binding since removed or re-pointed, and is ignored.
     pub const BINDING_GEN: &str = "BINDING_GEN";
+    /// `HashMap<u32, BridgeAddrs>`: each served bridge's own addresses, by ifindex: the source
+    /// a hairpin connection gets.
+    pub const BRIDGES: &str = "BRIDGES";
 
     /// Every map the loader expects to find.
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 10] = [
+        BRIDGES,
         BINDINGS_V4,
+        BINDINGS_V6,
         FLOWS_V4,
+        FLOWS_V6,
+        FRAGS_V4,
+        FRAGS_V6,
         BINDING_STATS,
         REASON_STATS,
         BINDING_GEN,
@@ -48,24 +67,50 @@ pub mod programs {
 /// with tens of thousands of published ports exist.
 pub const MAX_BINDINGS: u32 = 65_536;
 
-/// Keys in [`names::BINDINGS_V4`]: a wildcard binding takes one per local address.
+/// Keys in a binding map: a wildcard binding takes one per local address.
 pub const MAX_BINDING_KEYS: u32 = 262_144;
 
-/// Translated flows remembered for the reverse path. An LRU as large as Cilium's and Katran's
-/// default connection tables: a full table evicts the least recently used flow, never fails.
+/// Translated flows remembered for the reverse path, per family. An LRU as large as Cilium's
+/// and Katran's default connection tables: a full table evicts the least recently used flow,
+/// never fails.
 pub const MAX_FLOWS: u32 = 262_144;
 
-/// Where a client sends: the key of [`names::BINDINGS_V4`].
-///
-/// Always a specific address: the loader publishes a wildcard binding (`0.0.0.0`, Docker's
-/// empty `HostIp`) as one key per local address, so the kernel does one exact lookup per packet
-/// and a wildcard matches only the host's own addresses, as Docker's `--dst-type LOCAL` does.
+/// Datagrams in flight in pieces, per family: a first fragment is remembered until its later
+/// fragments have passed, or the LRU needs the room.
+pub const MAX_FRAGS: u32 = 8_192;
+
+/// Bridges the loader can describe to the programs.
+pub const MAX_BRIDGES: u32 = 256;
+
+/// A bridge's own addresses: the value of [`names::BRIDGES`].
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct BindingKeyV4 {
+pub struct BridgeAddrs {
+    /// Network byte order; meaningful when `has_v4` is 1.
+    pub v4: Addr<4>,
+    /// Network byte order; meaningful when `has_v6` is 1.
+    pub v6: Addr<16>,
+    pub has_v4: u8,
+    pub has_v6: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The address lengths of the two families.
+pub const V4: usize = 4;
+pub const V6: usize = 16;
+
+/// Where a client sends: the key of a binding map. `N` is the address length.
+///
+/// Always a specific address: the loader publishes a wildcard binding (`0.0.0.0`/`::`,
+/// Docker's empty `HostIp`) as one key per local address, so the kernel does one exact lookup
+/// per packet and a wildcard matches only the host's own addresses, as Docker's
+/// `--dst-type LOCAL` does.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BindingKey<const N: usize> {
     /// Host address, network byte order.
-    pub addr: [u8; 4],
+    pub addr: Addr<N>,
     /// Host port, network byte order.
     pub port: [u8; 2],
     /// [`crate::proto::TCP`] or [`crate::proto::UDP`].
@@ -73,13 +118,12 @@ pub struct BindingKeyV4 {
     pub _pad: u8,
 }
 
-/// Where a binding sends: the value of [`names::BINDINGS_V4`].
+/// Where a binding sends: the value of a binding map.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct BindingV4 {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindingTarget<const N: usize> {
     /// Container address, network byte order.
-    pub addr: [u8; 4],
+    pub addr: Addr<N>,
     /// Container port, network byte order.
     pub port: [u8; 2],
     pub _pad: [u8; 2],
@@ -92,15 +136,15 @@ pub struct BindingV4 {
     pub generation: u32,
 }
 
-/// A translated flow as the container's reply shows it: the key of [`names::FLOWS_V4`].
+/// A translated flow as the container's reply shows it: the key of a flow map.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct FlowKeyV4 {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey<const N: usize> {
     /// Reply source: the container, network byte order.
-    pub container_addr: [u8; 4],
-    /// Reply destination: the client, network byte order.
-    pub client_addr: [u8; 4],
+    pub container_addr: Addr<N>,
+    /// Reply destination, network byte order: the client, or for a hairpin flow the bridge's
+    /// own address the caller's source was translated to.
+    pub client_addr: Addr<N>,
     /// Network byte order.
     pub container_port: [u8; 2],
     /// Network byte order.
@@ -109,21 +153,21 @@ pub struct FlowKeyV4 {
     pub _pad: [u8; 3],
 }
 
-/// What a reply's source must become, and what to charge it to: the value of
-/// [`names::FLOWS_V4`].
+/// What a reply's source must become, and what to charge it to: the value of a flow map.
 ///
 /// Keeping the exact host address and port the client used (rather than reversing the binding)
 /// is what lets one container behind two host ports (`8080:80`, `9090:80`) answer each flow
 /// through the port it came in on.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct FlowV4 {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState<const N: usize> {
     /// The address the client sent to, network byte order (never the wildcard).
-    pub host_addr: [u8; 4],
+    pub host_addr: Addr<N>,
     /// The port the client sent to, network byte order.
     pub host_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// [`FLOW_CLOSING`], [`FLOW_HAIRPIN`].
+    pub flags: u8,
+    pub _pad: u8,
     /// The binding the flow came in through (host order); its counters take the replies.
     pub binding_id: u32,
     /// Where the client's packets arrived (host order); replies leave the same way.
@@ -132,7 +176,67 @@ pub struct FlowV4 {
     /// removed or re-pointed, [`names::BINDING_GEN`] moves on and the flow is dead at once,
     /// however many flows there are.
     pub generation: u32,
+    /// When a packet of the flow last passed, in jiffies (the low 32 bits; host order). Updated
+    /// at most once a jiffy, so an established flow does not write its entry on every packet.
+    pub seen: u32,
+    /// For a hairpin flow, the calling container's own address and port (network byte order),
+    /// which replies are sent back to; zero otherwise.
+    pub client_addr: Addr<N>,
+    pub client_port: [u8; 2],
+    pub _pad2: [u8; 2],
 }
+
+/// [`FlowState::flags`]: a FIN or RST passed; the flow is reclaimed once idle for the TCP close
+/// timeout rather than the established one.
+pub const FLOW_CLOSING: u8 = 1;
+/// [`FlowState::flags`]: a container reached a published port of its own host; replies are
+/// sent back to [`FlowState::client_addr`].
+pub const FLOW_HAIRPIN: u8 = 2;
+
+/// A datagram's fragments, as they arrive before translation: the key of a fragment map.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey<const N: usize> {
+    pub src: Addr<N>,
+    pub dst: Addr<N>,
+    /// The IP identification (IPv4's 16 bits, zero-extended, or IPv6's 32), as on the wire.
+    pub id: [u8; 4],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// How a datagram's first fragment was translated: what its later fragments get.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragTarget<const N: usize> {
+    /// The address that replaces the one [`FragTarget::side`] names, network byte order.
+    pub addr: Addr<N>,
+    /// [`FRAG_DST`] or [`FRAG_SRC`].
+    pub side: u8,
+    pub _pad: [u8; 3],
+    /// Where the fragments are sent on (host order).
+    pub ifindex: u32,
+    /// The binding charged (host order).
+    pub binding_id: u32,
+}
+
+/// [`FragTarget::side`]: a client's datagram, whose destination becomes the container.
+pub const FRAG_DST: u8 = 0;
+/// [`FragTarget::side`]: a container's reply, whose source becomes the host address.
+pub const FRAG_SRC: u8 = 1;
+
+pub type BindingKeyV4 = BindingKey<V4>;
+pub type BindingKeyV6 = BindingKey<V6>;
+pub type BindingV4 = BindingTarget<V4>;
+pub type BindingV6 = BindingTarget<V6>;
+pub type FlowKeyV4 = FlowKey<V4>;
+pub type FlowKeyV6 = FlowKey<V6>;
+pub type FlowV4 = FlowState<V4>;
+pub type FlowV6 = FlowState<V6>;
+pub type FragKeyV4 = FragKey<V4>;
+pub type FragKeyV6 = FragKey<V6>;
+pub type FragV4 = FragTarget<V4>;
+pub type FragV6 = FragTarget<V6>;
 
 /// Per-binding counters, one slot per CPU: the value of [`names::BINDING_STATS`].
 #[repr(C)]
@@ -184,22 +288,32 @@ pub const XDP_META_MAGIC: u32 = 0x706d_6170;
 
 // Keys and values are 4-byte aligned (`align(4)`) so that the BPF code loads and stores their
 // addresses and ports as words; with byte-array fields alone LLVM would move them byte by byte.
+// Every padding byte is a named field: the sizes below leave none for the compiler.
 const _: () = assert!(size_of::<BindingKeyV4>() == 8);
+const _: () = assert!(size_of::<BindingKeyV6>() == 20);
 const _: () = assert!(size_of::<BindingV4>() == 20);
+const _: () = assert!(size_of::<BindingV6>() == 32);
 const _: () = assert!(size_of::<FlowKeyV4>() == 16);
-const _: () = assert!(size_of::<FlowV4>() == 20);
+const _: () = assert!(size_of::<FlowKeyV6>() == 40);
+const _: () = assert!(size_of::<FlowV4>() == 32);
+const _: () = assert!(size_of::<FlowV6>() == 56);
+const _: () = assert!(size_of::<FragKeyV4>() == 16);
+const _: () = assert!(size_of::<FragKeyV6>() == 40);
+const _: () = assert!(size_of::<FragV4>() == 16);
+const _: () = assert!(size_of::<FragV6>() == 28);
 const _: () = assert!(size_of::<BindingStats>() == 32);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
+const _: () = assert!(size_of::<BridgeAddrs>() == 24);
 
-impl BindingKeyV4 {
+impl<const N: usize> BindingKey<N> {
     /// Whichever of two keys has the lower address.
     pub fn min_by_addr(self, other: Self) -> Self {
         if other.addr < self.addr { other } else { self }
     }
 
-    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
+    pub const fn new(addr: [u8; N], port: u16, proto: u8) -> Self {
         Self {
-            addr,
+            addr: Addr(addr),
             port: port.to_be_bytes(),
             proto,
             _pad: 0,
@@ -207,16 +321,16 @@ impl BindingKeyV4 {
     }
 }
 
-impl BindingV4 {
+impl<const N: usize> BindingTarget<N> {
     pub const fn new(
-        addr: [u8; 4],
+        addr: [u8; N],
         port: u16,
         id: u32,
         egress_ifindex: u32,
         generation: u32,
     ) -> Self {
         Self {
-            addr,
+            addr: Addr(addr),
             port: port.to_be_bytes(),
             _pad: [0; 2],
             id,
@@ -226,18 +340,80 @@ impl BindingV4 {
     }
 }
 
+impl<const N: usize> FlowState<N> {
+    /// Whether `other` describes the same flow: all but the time it was last seen and the
+    /// closing mark, which change as packets pass.
+    pub fn same_flow(&self, other: &Self) -> bool {
+        self.host_addr == other.host_addr
+            && self.host_port == other.host_port
+            && self.binding_id == other.binding_id
+            && self.ingress_ifindex == other.ingress_ifindex
+            && self.generation == other.generation
+            && self.client_addr == other.client_addr
+            && self.client_port == other.client_port
+            && self.flags & FLOW_HAIRPIN == other.flags & FLOW_HAIRPIN
+    }
+}
+
+/// All-zero values, as a fresh map slot holds them.
+macro_rules! zeroed_default {
+    ($($ty:ident { $($field:ident: $zero:expr),* $(,)? })*) => {$(
+        impl<const N: usize> Default for $ty<N> {
+            fn default() -> Self {
+                Self { $($field: $zero),* }
+            }
+        }
+    )*};
+}
+
+zeroed_default! {
+    BindingKey { addr: Addr([0; N]), port: [0; 2], proto: 0, _pad: 0 }
+    BindingTarget { addr: Addr([0; N]), port: [0; 2], _pad: [0; 2], id: 0, egress_ifindex: 0, generation: 0 }
+    FlowKey { container_addr: Addr([0; N]), client_addr: Addr([0; N]), container_port: [0; 2], client_port: [0; 2], proto: 0, _pad: [0; 3] }
+    FlowState {
+        host_addr: Addr([0; N]), host_port: [0; 2], flags: 0, _pad: 0, binding_id: 0, ingress_ifindex: 0,
+        generation: 0, seen: 0, client_addr: Addr([0; N]), client_port: [0; 2], _pad2: [0; 2],
+    }
+    FragKey { src: Addr([0; N]), dst: Addr([0; N]), id: [0; 4], proto: 0, _pad: [0; 3] }
+    FragTarget { addr: Addr([0; N]), side: 0, _pad: [0; 3], ifindex: 0, binding_id: 0 }
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: each type is `#[repr(C)]`, made only of integers and byte arrays, with every
-    // padding byte spelled out as a field (the size asserts above pin that), so any bit pattern
-    // is valid and none is uninitialised.
-    unsafe impl aya::Pod for super::BindingKeyV4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::BindingV4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowKeyV4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowV4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::BindingStats {}
+    use super::*;
+
+    // SAFETY (every impl here): the types are `#[repr(C)]`, made only of integers and byte
+    // arrays (an `Addr` is one, of a multiple of its alignment), with every padding byte spelled out as a field for the address lengths used (the
+    // size asserts above pin that), so any bit pattern is valid and none is uninitialised.
+    // Only for the two address lengths in use: another length could leave padding.
+    macro_rules! pod {
+        ($($ty:ident),*) => {$(
+            // SAFETY: see above.
+            unsafe impl bytemuck::Zeroable for $ty<V4> {}
+            // SAFETY: see above.
+            unsafe impl bytemuck::Pod for $ty<V4> {}
+            // SAFETY: see above.
+            unsafe impl aya::Pod for $ty<V4> {}
+            // SAFETY: see above.
+            unsafe impl bytemuck::Zeroable for $ty<V6> {}
+            // SAFETY: see above.
+            unsafe impl bytemuck::Pod for $ty<V6> {}
+            // SAFETY: see above.
+            unsafe impl aya::Pod for $ty<V6> {}
+        )*};
+    }
+    pod!(
+        Addr,
+        BindingKey,
+        BindingTarget,
+        FlowKey,
+        FlowState,
+        FragKey,
+        FragTarget
+    );
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for BindingStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for BridgeAddrs {}
 }

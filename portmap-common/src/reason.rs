@@ -32,14 +32,17 @@ reasons! {
     UplinkPassNoBinding = "uplink.pass.no_binding",
     /// Not IP at all: ARP, LLDP, ...
     UplinkPassNotIp = "uplink.pass.not_ip",
-    /// IPv6 is not translated yet.
-    UplinkPassIpv6 = "uplink.pass.ipv6",
-    /// IPv4 options (IHL > 5): passed untouched, so later offsets stay constant.
+    /// IPv4 options (IHL > 5) or IPv6 extension headers other than a fragment header: passed
+    /// untouched, so later offsets stay constant.
     UplinkPassIpOptions = "uplink.pass.ip_options",
-    /// A fragment: only a first fragment carries ports, so none is translated yet.
-    UplinkPassFragment = "uplink.pass.fragment",
-    /// IPv4 but neither TCP nor UDP.
+    /// A later fragment whose first fragment was not seen (out of order, or not ours): it
+    /// passes untranslated.
+    UplinkPassFragmentUnknown = "uplink.pass.fragment_unknown",
+    /// IP, but neither TCP, UDP nor an ICMP error about a translated flow.
     UplinkPassNotTcpUdp = "uplink.pass.not_tcp_udp",
+    /// A packet from the wire to a loopback address (127.0.0.0/8, ::1): dropped, so that no
+    /// crafted packet reaches a binding published on loopback (moby #45610).
+    UplinkDropLoopback = "uplink.drop.loopback",
     /// A header ended before the frame claimed it would.
     UplinkPassTruncated = "uplink.pass.truncated",
     /// The flow could not be recorded; the packet still went to the container, but its replies
@@ -57,10 +60,18 @@ reasons! {
     FwdTtlExpired = "tc_forward.ttl_expired",
     /// A container reply rewritten back to host_ip:host_port and sent to the uplink.
     ReplyTranslated = "tc_reply.translated",
-    /// IPv4 TCP/UDP from the bridge that belongs to no translated flow.
+    /// TCP/UDP from the bridge that belongs to no translated flow and is to no published port.
     ReplyPassNoFlow = "tc_reply.pass.no_flow",
-    /// Not IPv4 TCP/UDP without options or fragmentation.
+    /// Not TCP, UDP or an ICMP error about a translated flow.
     ReplyPassNotOurs = "tc_reply.pass.not_ours",
+    /// A later fragment of a container's datagram whose first fragment was not seen.
+    ReplyPassFragmentUnknown = "tc_reply.pass.fragment_unknown",
+    /// A container reached a published port of its own host (the bridge's address or
+    /// another local one): sent to the target container from the bridge's address.
+    ReplyHairpin = "tc_reply.hairpin",
+    /// A hairpin connection whose translated source (the bridge's address and the caller's
+    /// port) another caller's connection to the same target already has: left to the stack.
+    ReplyHairpinPortBusy = "tc_reply.hairpin.port_busy",
     /// TTL would reach zero: left to the stack.
     ReplyTtlExpired = "tc_reply.ttl_expired",
     /// A kernel helper refused to rewrite the packet; it was dropped rather than leak the

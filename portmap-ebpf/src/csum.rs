@@ -8,6 +8,8 @@
 //! one's-complement sum is independent of byte order (RFC 1071, section 2(B)), so the programs
 //! never swap bytes, and the result is stored back with a native store.
 
+use portmap_common::Addr;
+
 /// Folds the carries of a 32-bit accumulator into 16 bits. Two rounds suffice for a sum of
 /// fewer than 65,536 words.
 #[inline(always)]
@@ -25,6 +27,21 @@ pub const fn diff<const N: usize>(old: [u16; N], new: [u16; N]) -> u32 {
     let mut i = 0;
     while i < N {
         acc += (!old[i]) as u32 + new[i] as u32;
+        i += 1;
+    }
+    acc
+}
+
+/// [`diff`] for an address of either family: its 16-bit words as a native load reads them,
+/// taken two at a time (their halves add up the same in either byte order).
+#[inline(always)]
+pub const fn diff_addr<const N: usize>(old: &Addr<N>, new: &Addr<N>) -> u32 {
+    let mut acc = 0u32;
+    let mut i = 0;
+    while i < N / 4 {
+        let o = !old.word(i);
+        let n = new.word(i);
+        acc += (o & 0xffff) + (o >> 16) + (n & 0xffff) + (n >> 16);
         i += 1;
     }
     acc
@@ -116,6 +133,22 @@ mod tests {
                 "{header:02x?}: incremental {incremental:#06x}, full {recomputed:#06x}"
             );
         }
+    }
+
+    #[test]
+    fn address_diffs_equal_word_diffs() {
+        let old = [198, 51, 100, 1];
+        let new = [172, 17, 0, 2];
+        assert_eq!(
+            diff_addr(&Addr(old), &Addr(new)),
+            diff(words::<2>(&old), words::<2>(&new))
+        );
+        let old: [u8; 16] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let new: [u8; 16] = std::array::from_fn(|i| (i * 101 + 250) as u8);
+        assert_eq!(
+            diff_addr(&Addr(old), &Addr(new)),
+            diff(words::<8>(&old), words::<8>(&new))
+        );
     }
 
     #[test]

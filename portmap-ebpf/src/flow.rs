@@ -1,16 +1,76 @@
-//! The flow table: what `xdp_uplink` remembers so that `tc_reply` can restore the exact address
-//! and port each client used.
+//! The flow table: what the uplink's translation remembers so that `tc_reply` can restore the
+//! exact address and port each client used, and how long ago each flow was last seen (for
+//! the userspace sweep's timeouts).
 
-use portmap_common::{FlowKeyV4, FlowV4};
+use aya_ebpf::helpers::generated::bpf_jiffies64;
+use portmap_common::{FLOW_CLOSING, FlowKey, FlowState, FragKey, FragTarget, proto};
 
-use crate::{lookup, maps::FLOWS_V4};
+use crate::{family::Family, parse::Packet};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// Now, in jiffies: a memory load, cheap enough for every packet (`bpf_ktime_get_ns` reads a
+/// clock, which costs tens of nanoseconds in a VM).
+#[inline(always)]
+pub fn now() -> u32 {
+    // SAFETY: no arguments, no side effects.
+    unsafe { bpf_jiffies64() as u32 }
+}
+
+/// Whether a TCP packet ends its connection (FIN or RST).
+#[inline(always)]
+pub fn closes(pkt: &Packet) -> bool {
+    if pkt.proto != proto::TCP {
+        return false;
+    }
+    // SAFETY: the parser proved the 20-byte TCP header is inside the frame; flags are byte 13.
+    let flags = unsafe { *pkt.l4.cast::<u8>().add(13) };
+    flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// Marks a flow seen now, and closing if `closing`. Writes only what changed, so that an
+/// established flow's entry is written at most once a jiffy.
+#[inline(always)]
+pub fn touch<const N: usize>(flow: *mut FlowState<N>, closing: bool) {
+    let now = now();
+    // SAFETY: a pointer into a live map value.
+    unsafe {
+        if (*flow).seen != now {
+            (*flow).seen = now;
+        }
+        if closing && (*flow).flags & FLOW_CLOSING == 0 {
+            (*flow).flags |= FLOW_CLOSING;
+        }
+    }
+}
 
 /// Remembers a translated flow. Most packets belong to a flow already recorded with the same
-/// values; they only pay a lookup (which also marks the entry recently used), not a write.
+/// values; they only pay a lookup (which also marks the entry recently used) and, at most once
+/// a jiffy, a write of the time. `flow` gets its time and closing mark here.
 #[inline(always)]
-pub fn record(key: &FlowKeyV4, flow: &FlowV4) -> Result<(), i32> {
-    if lookup::flow(key).as_ref() == Some(flow) {
-        return Ok(());
+pub fn record<const N: usize, F: Family<N>>(
+    key: &FlowKey<N>,
+    flow: &mut FlowState<N>,
+    closing: bool,
+) -> Result<(), i32> {
+    if let Some(existing) = F::flows().get_ptr_mut(key) {
+        // SAFETY: a pointer into a live map value.
+        if unsafe { (*existing).same_flow(flow) } {
+            touch(existing, closing);
+            return Ok(());
+        }
     }
-    FLOWS_V4.insert(key, flow, 0)
+    flow.seen = now();
+    if closing {
+        flow.flags |= FLOW_CLOSING;
+    }
+    F::flows().insert(key, flow, 0)
+}
+
+/// Remembers how a first fragment was translated, for the fragments after it.
+#[inline(always)]
+pub fn record_fragment<const N: usize, F: Family<N>>(key: &FragKey<N>, target: &FragTarget<N>) {
+    // A full LRU evicts; a refusal only means later fragments pass untranslated (counted).
+    let _ = F::frags().insert(key, target, 0);
 }

@@ -1,32 +1,40 @@
-//! Map lookups, and nothing else: which binding a destination hits, and which flow a reply
-//! belongs to.
+//! Map lookups, and nothing else: which binding a destination hits, which flow a reply belongs
+//! to, and how a fragmented datagram's first piece was translated.
 
-use portmap_common::{BindingKeyV4, BindingV4, FlowKeyV4, FlowV4};
+use portmap_common::{BindingKey, BindingTarget, FlowKey, FlowState, FragKey, FragTarget};
 
-use crate::maps::{BINDING_GEN, BINDINGS_V4, FLOWS_V4};
+use crate::{family::Family, maps::BINDING_GEN};
 
 /// The binding for a destination. One exact lookup serves every binding: the loader publishes a
 /// wildcard binding as one key per local address, which is also what makes it match only the
 /// host's own addresses, as Docker's `--dst-type LOCAL` does.
+///
+/// A reference into the map rather than a copy, so that the caller reads each field where it
+/// needs it instead of holding them all across helper calls (on the stack, which is small).
 #[inline(always)]
-pub fn binding(key: BindingKeyV4) -> Option<BindingV4> {
-    // SAFETY: the value is copied out at once; a concurrent update frees the old entry only
-    // after an RCU grace period (the map is not preallocated).
-    unsafe { BINDINGS_V4.get(key) }.copied()
-}
-
-/// The flow a container's reply belongs to, whatever its binding's fate.
-#[inline(always)]
-pub fn flow(key: &FlowKeyV4) -> Option<FlowV4> {
-    // SAFETY: copied out at once; an LRU eviction in between can at worst hand back another
-    // flow's whole value, which the caller treats like any lookup result.
-    unsafe { FLOWS_V4.get(key) }.copied()
+pub fn binding<const N: usize, F: Family<N>>(
+    key: &BindingKey<N>,
+) -> Option<&'static BindingTarget<N>> {
+    // SAFETY: the map is not preallocated: an update or delete replaces the entry and frees
+    // the old one only after an RCU grace period, so it stays whole while this program runs.
+    unsafe { F::bindings().get(key) }
 }
 
 /// The flow a container's reply belongs to, if its binding is still the one that recorded it:
 /// removing or re-pointing a binding moves its generation on, which ends all its flows at once.
+/// A pointer, so that the caller can mark the flow seen.
 #[inline(always)]
-pub fn live_flow(key: &FlowKeyV4) -> Option<FlowV4> {
-    let flow = flow(key)?;
-    (BINDING_GEN.get(flow.binding_id) == Some(&flow.generation)).then_some(flow)
+pub fn live_flow<const N: usize, F: Family<N>>(key: &FlowKey<N>) -> Option<*mut FlowState<N>> {
+    let flow = F::flows().get_ptr_mut(key)?;
+    // SAFETY: a pointer into a map value the kernel keeps alive for this program run; an LRU
+    // eviction in between can at worst hand back another flow's whole value.
+    let (binding_id, generation) = unsafe { ((*flow).binding_id, (*flow).generation) };
+    (BINDING_GEN.get(binding_id) == Some(&generation)).then_some(flow)
+}
+
+/// How a datagram's first fragment was translated.
+#[inline(always)]
+pub fn fragment<const N: usize, F: Family<N>>(key: &FragKey<N>) -> Option<FragTarget<N>> {
+    // SAFETY: copied out at once.
+    unsafe { F::frags().get(key) }.copied()
 }

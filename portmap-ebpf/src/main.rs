@@ -1,20 +1,26 @@
 //! portmap's kernel side. A packet's path, one file each:
 //!
-//! - client → container: [`translate`] (parse → lookup → rewrite → record), run by
-//!   [`xdp_uplink`], after which [`tc_forward`] on the same uplink hands the packet to the
-//!   bridge; or, on uplinks where native XDP does not pay, run by [`tc_uplink`] at TC ingress,
-//!   which forwards it itself;
-//! - container → client: [`tc_reply`] on the bridge (parse → flow lookup → rewrite back).
+//! - client → container: [`translate`] (parse → lookup → rewrite → record, for either
+//!   [`family`]), run by [`xdp_uplink`], after which [`tc_forward`] on the same uplink hands
+//!   the packet to the bridge; or, on uplinks where native XDP does not pay, run by
+//!   [`tc_uplink`] at TC ingress, which forwards it itself ([`redirect`]);
+//! - container → client: [`tc_reply`] on the bridge (parse → flow lookup → rewrite back), which
+//!   also carries hairpin connections;
+//! - both ways: later fragments follow their first ([`flow`]), and ICMP errors about a flow are
+//!   translated inside and out ([`icmp`]).
 //!
 //! The entry points below only run those and count why.
-#![no_std]
+#![cfg_attr(target_arch = "bpf", no_std)]
 // On the host (clippy, `cargo test --workspace`) this is an ordinary, empty binary.
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod family;
 mod flow;
+mod icmp;
 mod lookup;
 mod maps;
 mod parse;
+mod redirect;
 mod rewrite;
 mod stats;
 mod tc_forward;
@@ -24,15 +30,15 @@ mod translate;
 mod xdp_uplink;
 
 use aya_ebpf::{
-    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
-    stats::count(xdp_uplink::run(&ctx));
-    xdp_action::XDP_PASS
+    let (reason, action) = xdp_uplink::run(&ctx);
+    stats::count(reason);
+    action
 }
 
 #[classifier]

@@ -7,19 +7,35 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use portmap_common::{
-    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDING_KEYS, MAX_BINDINGS,
-    MAX_FLOWS, reason::REASON_COUNT,
+    BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget,
+    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FLOWS, MAX_FRAGS, V4, V6,
+    reason::REASON_COUNT,
 };
 
 /// Published ports. Not preallocated, so that an entry replaced while a packet reads it is
 /// freed after an RCU grace period instead of being reused under the reader.
 #[map]
-pub static BINDINGS_V4: HashMap<BindingKeyV4, BindingV4> =
+pub static BINDINGS_V4: HashMap<BindingKey<V4>, BindingTarget<V4>> =
+    HashMap::with_max_entries(MAX_BINDING_KEYS, BPF_F_NO_PREALLOC);
+#[map]
+pub static BINDINGS_V6: HashMap<BindingKey<V6>, BindingTarget<V6>> =
     HashMap::with_max_entries(MAX_BINDING_KEYS, BPF_F_NO_PREALLOC);
 
 /// Translated flows, keyed as the container's replies look.
 #[map]
-pub static FLOWS_V4: LruHashMap<FlowKeyV4, FlowV4> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static FLOWS_V4: LruHashMap<FlowKey<V4>, FlowState<V4>> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+pub static FLOWS_V6: LruHashMap<FlowKey<V6>, FlowState<V6>> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// First fragments' translations, for the fragments after them.
+#[map]
+pub static FRAGS_V4: LruHashMap<FragKey<V4>, FragTarget<V4>> =
+    LruHashMap::with_max_entries(MAX_FRAGS, 0);
+#[map]
+pub static FRAGS_V6: LruHashMap<FragKey<V6>, FragTarget<V6>> =
+    LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 #[map]
 pub static BINDING_STATS: PerCpuArray<BindingStats> =
@@ -30,3 +46,7 @@ pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON
 
 #[map]
 pub static BINDING_GEN: Array<u32> = Array::with_max_entries(MAX_BINDINGS, 0);
+
+#[map]
+pub static BRIDGES: HashMap<u32, BridgeAddrs> =
+    HashMap::with_max_entries(MAX_BRIDGES, BPF_F_NO_PREALLOC);

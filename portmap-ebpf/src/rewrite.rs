@@ -1,5 +1,6 @@
-//! The one rewrite path, for both directions: replace a packet's source or destination address
-//! and port, optionally decrement the TTL, and fold each change into the checksums.
+//! The one rewrite path, for both directions and both families: replace a packet's source or
+//! destination address and port, optionally decrement the TTL (hop limit), and fold each change
+//! into the checksums.
 //!
 //! How a checksum is updated depends on the program type, so that part sits behind
 //! [`Checksums`]: XDP sees wire bytes whose checksums are complete and updates them in place;
@@ -8,11 +9,16 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_csum_diff,
     programs::TcContext,
 };
+use portmap_common::proto;
 use portmap_ebpf::csum;
 
-use crate::parse::{Endpoint, Ipv4Hdr, Ipv4L4};
+use crate::{
+    family::Family,
+    parse::{Addr, Packet, To, WireAddr},
+};
 
 /// Offset of the header checksum within the IPv4 header.
 const IP_CHECK_OFF: u32 = 10;
@@ -34,80 +40,211 @@ pub enum Ttl {
 /// A kernel helper refused a checksum update; the packet may be half rewritten.
 pub struct ChecksumError;
 
+/// Where a transport header keeps its checksum, for the protocols rewritten here.
+#[inline(always)]
+pub fn l4_check_off(proto: u8) -> u32 {
+    match proto {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        // ICMP and ICMPv6
+        _ => 2,
+    }
+}
+
 /// Folding a change into a packet's checksums. A change is a [`csum::diff`], computed once per
 /// field and applied to every checksum that covers it (as Cilium's NAT does).
 ///
 /// Implementations may move packet data: callers write every field first, then update checksums,
 /// and use only offsets from then on.
 pub trait Checksums {
-    /// The IPv4 header checksum.
-    fn l3(&self, pkt: &Ipv4L4, diff: u32) -> Result<(), ChecksumError>;
+    /// IPv4's header checksum at `l3`, `l3_off` bytes into the frame.
+    fn l3(&self, l3: *mut u16, l3_off: u32, diff: u32) -> Result<(), ChecksumError>;
 
-    /// The TCP/UDP checksum: `pseudo` changed pseudo-header fields (addresses), `header`
-    /// changed fields of the L4 header itself (ports). Offloaded checksums only cover the
-    /// former, which is why the two are kept apart.
-    fn l4(&self, pkt: &Ipv4L4, pseudo: u32, header: u32) -> Result<(), ChecksumError>;
+    /// The transport checksum of `proto` at `check`, `check_off` bytes into the frame: `pseudo`
+    /// changed pseudo-header fields (addresses), `header` fields of the transport header
+    /// itself (ports). Offloaded checksums only cover the former, which is why they are apart.
+    fn l4(
+        &self,
+        check: *mut u16,
+        check_off: u32,
+        proto: u8,
+        pseudo: u32,
+        header: u32,
+    ) -> Result<(), ChecksumError>;
 }
 
-/// The TTL and protocol bytes, the 16-bit word the header checksum covers the TTL in.
+/// Writes `to` over the address field `at` and returns what that changes in a checksum that
+/// covers it ([`csum::diff`]).
+///
+/// An IPv6 address is diffed by the kernel (`bpf_csum_diff`), straight from the packet and from
+/// wherever `to` is kept. Diffed in registers, LLVM loads both addresses whole before any of the
+/// arithmetic, and with four registers surviving a helper call they spill to a stack of 512
+/// bytes, which the IPv6 paths then outgrow.
+///
+/// # Safety
+///
+/// `at` points at an address field inside a bounds-checked header.
 #[inline(always)]
-fn ttl_word(ip: *mut Ipv4Hdr) -> *mut u16 {
-    // SAFETY: a field projection; the caller bounds-checked the header.
-    unsafe { (&raw mut (*ip).ttl).cast() }
+pub unsafe fn replace_addr<const N: usize>(at: *mut WireAddr<N>, to: &Addr<N>) -> u32 {
+    // SAFETY: the caller's contract; `to` is N readable bytes.
+    unsafe {
+        let diff = if N == 4 {
+            csum::diff_addr(&(*at).get(), to)
+        } else {
+            let to = (to as *const Addr<N>).cast_mut().cast();
+            // Cannot fail: both sizes are the same multiple of 4.
+            let wsum = bpf_csum_diff(at.cast(), N as u32, to, N as u32, 0);
+            u32::from(csum::fold(wsum as u32))
+        };
+        (*at).set(to);
+        diff
+    }
 }
 
-/// Replaces one endpoint of `pkt` with `to` and fixes both checksums.
+/// Replaces one endpoint of `pkt` with `to` and fixes the checksums.
 #[inline(always)]
-pub fn v4_endpoint(
+pub fn endpoint<const N: usize, F: Family<N>>(
     csums: &impl Checksums,
-    pkt: &Ipv4L4,
+    pkt: &Packet,
     side: Side,
-    to: Endpoint,
+    to: To<'_, N>,
     ttl: Ttl,
 ) -> Result<(), ChecksumError> {
-    let from = match side {
-        Side::Src => pkt.src(),
-        Side::Dst => pkt.dst(),
-    };
-    // SAFETY: `parse::ipv4_l4` proved the IPv4 header and 8+ bytes of L4 header are inside the
+    // SAFETY: `parse::ip` proved the IP header and 8+ bytes of transport header are inside the
     // frame; nothing has moved packet data since, and fields are written before any helper
     // (which may move it) runs.
-    let ttl_diff = unsafe {
-        let old = *ttl_word(pkt.ip);
+    let (addr, port, ttl_diff) = unsafe {
+        let (addr, port) = match side {
+            Side::Src => (F::src(pkt.l3), &raw mut (*pkt.l4).src),
+            Side::Dst => (F::dst(pkt.l3), &raw mut (*pkt.l4).dst),
+        };
+        let addr_diff = replace_addr(addr, to.addr);
+        let port_diff = csum::diff([*port], [to.port()]);
+        *port = to.port();
+        let ttl_word = F::ttl_word(pkt.l3);
+        let old_ttl = *ttl_word;
         if ttl == Ttl::Decrement {
-            (*pkt.ip).ttl = (*pkt.ip).ttl.wrapping_sub(1);
+            let ttl = ttl_word.cast::<u8>();
+            *ttl = (*ttl).wrapping_sub(1);
         }
-        match side {
-            Side::Src => {
-                (*pkt.ip).src = to.addr;
-                (*pkt.l4).src = to.port;
-            }
-            Side::Dst => {
-                (*pkt.ip).dst = to.addr;
-                (*pkt.l4).dst = to.port;
-            }
-        }
-        csum::diff([old], [*ttl_word(pkt.ip)])
+        (addr_diff, port_diff, csum::diff([old_ttl], [*ttl_word]))
     };
-    let addr = csum::diff(from.addr, to.addr);
-    csums.l4(pkt, addr, csum::diff([from.port], [to.port]))?;
-    csums.l3(pkt, addr + ttl_diff)
+    let check_off = pkt.l4_off + l4_check_off(pkt.proto);
+    // SAFETY: inside the transport header the parser bounds-checked.
+    let check = unsafe {
+        pkt.l4
+            .cast::<u8>()
+            .add(l4_check_off(pkt.proto) as usize)
+            .cast()
+    };
+    csums.l4(check, check_off, pkt.proto, addr, port)?;
+    if F::L3_CHECKSUM {
+        // SAFETY: inside the IPv4 header the parser bounds-checked.
+        let l3_check = unsafe { F::l3_check(pkt.l3) };
+        csums.l3(l3_check, pkt.l3_off + IP_CHECK_OFF, addr + ttl_diff)?;
+    }
+    Ok(())
 }
 
-/// Decrements the TTL of an IPv4 header and fixes its checksum, through the skb helpers.
+/// Replaces both endpoints of `pkt` (a hairpin connection: the source becomes the bridge, the
+/// destination the target container, or back) and fixes the checksums; all fields are written
+/// before any checksum helper runs.
 #[inline(always)]
-pub fn v4_ttl_decrement(
-    ctx: &TcContext,
-    ip: *mut Ipv4Hdr,
+pub fn endpoints<const N: usize, F: Family<N>>(
+    csums: &impl Checksums,
+    pkt: &Packet,
+    src: To<'_, N>,
+    dst: To<'_, N>,
+    ttl: Ttl,
+) -> Result<(), ChecksumError> {
+    // SAFETY: as in `endpoint`. One field at a time, each read, diffed and written before the
+    // next, so that only one address is held in registers at once.
+    let (addr, port, ttl_diff) = unsafe {
+        let src_addr = F::src(pkt.l3);
+        let addr = replace_addr(src_addr, src.addr) + replace_addr(F::dst(pkt.l3), dst.addr);
+        let (src_port, dst_port) = (&raw mut (*pkt.l4).src, &raw mut (*pkt.l4).dst);
+        let port = csum::diff([*src_port, *dst_port], [src.port(), dst.port()]);
+        *src_port = src.port();
+        *dst_port = dst.port();
+        let ttl_word = F::ttl_word(pkt.l3);
+        let old_ttl = *ttl_word;
+        if ttl == Ttl::Decrement {
+            let ttl = ttl_word.cast::<u8>();
+            *ttl = (*ttl).wrapping_sub(1);
+        }
+        (addr, port, csum::diff([old_ttl], [*ttl_word]))
+    };
+    let check_off = pkt.l4_off + l4_check_off(pkt.proto);
+    // SAFETY: inside the transport header the parser bounds-checked.
+    let check = unsafe {
+        pkt.l4
+            .cast::<u8>()
+            .add(l4_check_off(pkt.proto) as usize)
+            .cast()
+    };
+    csums.l4(check, check_off, pkt.proto, addr, port)?;
+    if F::L3_CHECKSUM {
+        // SAFETY: inside the IPv4 header the parser bounds-checked.
+        let l3_check = unsafe { F::l3_check(pkt.l3) };
+        csums.l3(l3_check, pkt.l3_off + IP_CHECK_OFF, addr + ttl_diff)?;
+    }
+    Ok(())
+}
+
+/// Replaces one address of a later fragment, which has no transport header: only IPv4's header
+/// checksum covers it (the datagram's transport checksum was fixed with its first fragment).
+#[inline(always)]
+pub fn fragment_addr<const N: usize, F: Family<N>>(
+    csums: &impl Checksums,
+    pkt: &Packet,
+    side: Side,
+    to: &Addr<N>,
+    ttl: Ttl,
+) -> Result<(), ChecksumError> {
+    // SAFETY: as in `endpoint`, for the IP header alone.
+    let (addr, ttl_diff) = unsafe {
+        let addr = match side {
+            Side::Src => F::src(pkt.l3),
+            Side::Dst => F::dst(pkt.l3),
+        };
+        let addr = replace_addr(addr, to);
+        let ttl_word = F::ttl_word(pkt.l3);
+        let old_ttl = *ttl_word;
+        if ttl == Ttl::Decrement {
+            let ttl = ttl_word.cast::<u8>();
+            *ttl = (*ttl).wrapping_sub(1);
+        }
+        (addr, csum::diff([old_ttl], [*ttl_word]))
+    };
+    if F::L3_CHECKSUM {
+        // SAFETY: inside the IPv4 header the parser bounds-checked.
+        let l3_check = unsafe { F::l3_check(pkt.l3) };
+        csums.l3(l3_check, pkt.l3_off + IP_CHECK_OFF, addr + ttl_diff)?;
+    }
+    Ok(())
+}
+
+/// Decrements the TTL (hop limit) of the IP header at `l3` and fixes IPv4's checksum.
+#[inline(always)]
+pub fn ttl_decrement<const N: usize, F: Family<N>>(
+    csums: &impl Checksums,
+    l3: *mut u8,
     l3_off: u32,
 ) -> Result<(), ChecksumError> {
-    // SAFETY: the caller bounds-checked the whole IPv4 header.
+    // SAFETY: the caller bounds-checked the whole IP header.
     let diff = unsafe {
-        let old = *ttl_word(ip);
-        (*ip).ttl = (*ip).ttl.wrapping_sub(1);
-        csum::diff([old], [*ttl_word(ip)])
+        let word = F::ttl_word(l3);
+        let old = *word;
+        let ttl = word.cast::<u8>();
+        *ttl = (*ttl).wrapping_sub(1);
+        csum::diff([old], [*word])
     };
-    l3_apply(ctx, l3_off, diff)
+    if F::L3_CHECKSUM {
+        // SAFETY: as above.
+        let check = unsafe { F::l3_check(l3) };
+        csums.l3(check, l3_off + IP_CHECK_OFF, diff)?;
+    }
+    Ok(())
 }
 
 /// Checksums of a frame in XDP: complete, on the wire, updated in place.
@@ -115,18 +252,25 @@ pub struct InPlace;
 
 impl Checksums for InPlace {
     #[inline(always)]
-    fn l3(&self, pkt: &Ipv4L4, diff: u32) -> Result<(), ChecksumError> {
-        // SAFETY: the IPv4 header was bounds-checked by the parser and XDP never moves data.
-        unsafe { (*pkt.ip).check = csum::apply((*pkt.ip).check, diff) };
+    fn l3(&self, check: *mut u16, _off: u32, diff: u32) -> Result<(), ChecksumError> {
+        // SAFETY: callers pass a checksum field inside a bounds-checked header; XDP never moves
+        // packet data.
+        unsafe { *check = csum::apply(*check, diff) };
         Ok(())
     }
 
     #[inline(always)]
-    fn l4(&self, pkt: &Ipv4L4, pseudo: u32, header: u32) -> Result<(), ChecksumError> {
-        // SAFETY: the parser proved 20 bytes of TCP or 8 of UDP, which hold the checksum field.
+    fn l4(
+        &self,
+        check: *mut u16,
+        _off: u32,
+        proto: u8,
+        pseudo: u32,
+        header: u32,
+    ) -> Result<(), ChecksumError> {
+        // SAFETY: as in `l3`.
         unsafe {
-            let check = pkt.l4.cast::<u8>().add(pkt.l4_check_off()).cast::<u16>();
-            *check = if pkt.is_udp() {
+            *check = if proto == proto::UDP {
                 csum::apply_udp(*check, pseudo + header)
             } else {
                 csum::apply(*check, pseudo + header)
@@ -143,28 +287,37 @@ pub struct Skb<'a>(pub &'a TcContext);
 
 impl Checksums for Skb<'_> {
     #[inline(always)]
-    fn l3(&self, pkt: &Ipv4L4, diff: u32) -> Result<(), ChecksumError> {
-        l3_apply(self.0, pkt.l3_off, diff)
+    fn l3(&self, _check: *mut u16, off: u32, diff: u32) -> Result<(), ChecksumError> {
+        self.0
+            .l3_csum_replace(off as usize, 0, diff.into(), 0)
+            .map_err(|_| ChecksumError)
     }
 
     #[inline(always)]
-    fn l4(&self, pkt: &Ipv4L4, pseudo: u32, header: u32) -> Result<(), ChecksumError> {
+    fn l4(
+        &self,
+        _check: *mut u16,
+        off: u32,
+        proto: u8,
+        pseudo: u32,
+        header: u32,
+    ) -> Result<(), ChecksumError> {
         // A zero UDP checksum stays zero; a computed zero is written as 0xffff.
-        let mangled = if pkt.is_udp() {
+        let mangled = if proto == proto::UDP {
             BPF_F_MARK_MANGLED_0 as u64
         } else {
             0
         };
-        let offset = (pkt.l4_off + pkt.l4_check_off() as u32) as usize;
+        let off = off as usize;
+        // ICMPv4's checksum has no pseudo-header; every other one here does.
+        let pseudo_flag = if proto == proto::ICMP {
+            0
+        } else {
+            BPF_F_PSEUDO_HDR as u64
+        };
         self.0
-            .l4_csum_replace(offset, 0, pseudo.into(), BPF_F_PSEUDO_HDR as u64 | mangled)
-            .and_then(|()| self.0.l4_csum_replace(offset, 0, header.into(), mangled))
+            .l4_csum_replace(off, 0, pseudo.into(), pseudo_flag | mangled)
+            .and_then(|()| self.0.l4_csum_replace(off, 0, header.into(), mangled))
             .map_err(|_| ChecksumError)
     }
-}
-
-#[inline(always)]
-fn l3_apply(ctx: &TcContext, l3_off: u32, diff: u32) -> Result<(), ChecksumError> {
-    ctx.l3_csum_replace((l3_off + IP_CHECK_OFF) as usize, 0, diff.into(), 0)
-        .map_err(|_| ChecksumError)
 }

@@ -1,43 +1,45 @@
-//! `tc_forward`: TC ingress on the uplink. A frame that `xdp_uplink` translated goes straight to
-//! the container's bridge, as a router would send it, without the host's netfilter: Docker's
-//! FORWARD chain (policy DROP, no per-port ACCEPT for ports portmap publishes) never sees it,
-//! and neither does conntrack.
+//! `tc_forward`: TC ingress on the uplink, beside `xdp_uplink`. A frame that `xdp_uplink`
+//! translated goes straight to the container's bridge, as a router would send it (TTL minus
+//! one), without the host's netfilter.
 
 use core::mem::size_of;
 
-use aya_ebpf::{
-    Global,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::generated::bpf_redirect_neigh,
-    programs::TcContext,
-};
-
-const AF_INET: u32 = 2;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use portmap_common::{Reason, XDP_META_MAGIC, XdpMeta};
 
-use crate::{parse, rewrite};
-
-pub struct Verdict {
-    pub reason: Reason,
-    pub action: i32,
-}
+use crate::{
+    family::{Family, V4, V6},
+    parse::{self, Packet, Version},
+    redirect::{self, Verdict},
+    rewrite::{self, Skb},
+};
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Verdict {
     let Some(egress_ifindex) = take_meta(ctx) else {
-        return pass(Reason::FwdNotOurs);
+        return Verdict::pass(Reason::FwdNotOurs);
     };
-    // `xdp_uplink` only notes untagged IPv4 frames without options.
-    let Some(ip) = parse::ipv4_untagged(ctx) else {
-        return pass(Reason::FwdNotOurs);
-    };
-    // SAFETY: `ipv4_untagged` bounds-checked the IPv4 header.
-    if unsafe { (*ip).ttl } <= 1 {
-        return pass(Reason::FwdTtlExpired);
+    // `xdp_uplink` only notes untagged IP frames it could parse.
+    let mut pkt = Packet::empty();
+    match parse::ip(ctx, &mut pkt) {
+        Ok(Version::V4) => forward::<4, V4>(ctx, &pkt, egress_ifindex),
+        Ok(Version::V6) => forward::<16, V6>(ctx, &pkt, egress_ifindex),
+        Err(_) => Verdict::pass(Reason::FwdNotOurs),
     }
-    // SAFETY: as above; read before the checksum helper may move packet data.
-    let container = unsafe { (*ip).dst };
-    if rewrite::v4_ttl_decrement(ctx, ip, parse::ETH_HLEN).is_err() {
+}
+
+#[inline(always)]
+fn forward<const N: usize, F: Family<N>>(
+    ctx: &TcContext,
+    pkt: &Packet,
+    egress_ifindex: u32,
+) -> Verdict {
+    // SAFETY: the parser bounds-checked the IP header.
+    let (ttl, container) = unsafe { (*F::ttl_word(pkt.l3).cast::<u8>(), (*F::dst(pkt.l3)).get()) };
+    if ttl <= 1 {
+        return Verdict::pass(Reason::FwdTtlExpired);
+    }
+    if rewrite::ttl_decrement::<N, F>(&Skb(ctx), pkt.l3, pkt.l3_off).is_err() {
         return Verdict {
             reason: Reason::FwdNotOurs,
             action: TC_ACT_SHOT,
@@ -45,7 +47,7 @@ pub fn run(ctx: &TcContext) -> Verdict {
     }
     Verdict {
         reason: Reason::FwdRedirected,
-        action: redirect_neigh_to(egress_ifindex, container),
+        action: redirect::to_onlink(egress_ifindex, F::nexthop(container)),
     }
 }
 
@@ -66,49 +68,4 @@ fn take_meta(ctx: &TcContext) -> Option<u32> {
     // (a loop, a hairpin) must not be sent on again by a stale note.
     note.magic = 0;
     Some(note.egress_ifindex)
-}
-
-/// Whether `bpf_redirect_neigh` takes a next hop on this kernel; set by the loader.
-#[unsafe(no_mangle)]
-static NEXTHOP_PARAMS: Global<u32> = Global::new(0);
-
-/// Hands the packet to `ifindex`, resolving the next hop by a route lookup and its MAC through
-/// the neighbour table.
-#[inline(always)]
-pub fn redirect_neigh(ifindex: u32) -> i32 {
-    // SAFETY: no parameters are passed; the kernel does the FIB and neighbour lookups.
-    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
-}
-
-/// [`redirect_neigh`] to a destination on `ifindex`'s own link, which is its own next hop: a
-/// container on its bridge. Skips the route lookup where the kernel allows.
-#[inline(always)]
-pub fn redirect_neigh_to(ifindex: u32, onlink: [u16; 2]) -> i32 {
-    if NEXTHOP_PARAMS.load() == 0 {
-        return redirect_neigh(ifindex);
-    }
-    let mut params = bpf_redir_neigh {
-        nh_family: AF_INET,
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            // SAFETY: same size; the kernel wants the address as it is on the wire.
-            ipv4_nh: unsafe { core::mem::transmute::<[u16; 2], u32>(onlink) },
-        },
-    };
-    // SAFETY: `params` outlives the call and its size is passed with it.
-    unsafe {
-        bpf_redirect_neigh(
-            ifindex,
-            &mut params,
-            core::mem::size_of::<bpf_redir_neigh>() as i32,
-            0,
-        ) as i32
-    }
-}
-
-#[inline(always)]
-pub fn pass(reason: Reason) -> Verdict {
-    Verdict {
-        reason,
-        action: TC_ACT_OK,
-    }
 }

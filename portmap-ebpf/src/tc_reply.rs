@@ -1,59 +1,258 @@
-//! `tc_reply`: TC ingress on the bridge. A container's reply to a translated flow gets back the
-//! exact host address and port its client sent to, and leaves through the interface the client's
-//! packets came in on.
+//! `tc_reply`: TC ingress on a bridge, for what containers send into the host.
+//!
+//! - A reply of a translated flow gets back the exact host address and port its client used,
+//!   and leaves through the interface the client's packets came in on; so do its later
+//!   fragments and ICMP errors a container sends about the flow.
+//! - A hairpin connection (a container to a published port of its own host, at the bridge's
+//!   address or any other local one) is sent to the target container from the bridge's own
+//!   address, as Docker's hairpin masquerade does; its replies come back here and return to
+//!   the caller from the published address.
+//! - Anything else is the stack's.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use aya_log_ebpf::error;
-use portmap_common::{FlowKeyV4, Reason};
+use portmap_common::{
+    BindingKey, FLOW_HAIRPIN, FRAG_SRC, FlowKey, FlowState, FragKey, FragTarget, Reason,
+};
 
 use crate::{
-    lookup, parse,
+    family::{Family, V4, V6},
+    flow, icmp, lookup,
+    maps::BRIDGES,
+    parse::{self, Packet, Piece, To, Version},
+    redirect::{self, Verdict},
     rewrite::{self, Side, Skb, Ttl},
     stats,
-    tc_forward::{Verdict, pass, redirect_neigh},
 };
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Verdict {
     if !parse::pull_headers(ctx) {
-        return pass(Reason::ReplyPassNotOurs);
+        return Verdict::pass(Reason::ReplyPassNotOurs);
     }
-    let pkt = match parse::ipv4_l4(ctx) {
-        Ok(pkt) if !pkt.vlan_tagged => pkt,
-        _ => return pass(Reason::ReplyPassNotOurs),
-    };
-    let container = pkt.src();
-    let client = pkt.dst();
-    let Some(flow) = lookup::live_flow(&FlowKeyV4 {
-        container_addr: container.addr_bytes(),
-        client_addr: client.addr_bytes(),
-        container_port: container.port_bytes(),
-        client_port: client.port_bytes(),
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }) else {
-        return pass(Reason::ReplyPassNoFlow);
-    };
-    if pkt.ttl() <= 1 {
-        return pass(Reason::ReplyTtlExpired);
+    let mut pkt = Packet::empty();
+    match parse::ip(ctx, &mut pkt) {
+        Ok(Version::V4) if !pkt.vlan_tagged => packet::<4, V4>(ctx, &pkt),
+        Ok(Version::V6) if !pkt.vlan_tagged => packet::<16, V6>(ctx, &pkt),
+        _ => Verdict::pass(Reason::ReplyPassNotOurs),
     }
+}
 
-    let host = parse::Endpoint::from_wire(flow.host_addr, flow.host_port);
-    if rewrite::v4_endpoint(&Skb(ctx), &pkt, Side::Src, host, Ttl::Decrement).is_err() {
-        error!(
-            ctx,
-            "could not rewrite a reply from {:i}:{}; dropped",
-            container.addr_bytes(),
-            u16::from_be(container.port)
-        );
-        return Verdict {
-            reason: Reason::ReplyDropWriteFailed,
-            action: TC_ACT_SHOT,
+#[inline(always)]
+fn dropped(reason: Reason) -> Verdict {
+    Verdict {
+        reason,
+        action: TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn packet<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdict {
+    if pkt.piece == Piece::Later {
+        return later_fragment::<N, F>(ctx, pkt);
+    }
+    if pkt.proto == F::ICMP {
+        return match icmp::from_container::<N, F>(&Skb(ctx), pkt, ctx.data(), ctx.data_end()) {
+            Ok(ifindex) => Verdict {
+                reason: Reason::ReplyTranslated,
+                action: redirect::via_route(ifindex),
+            },
+            Err(Reason::UplinkDropWriteFailed) => dropped(Reason::ReplyDropWriteFailed),
+            Err(reason) => Verdict::pass(reason),
         };
     }
-    stats::to_client(flow.binding_id, ctx.len() as u64);
+    // SAFETY: `parse::ip` bounds-checked the IP header and the ports.
+    let key = unsafe {
+        FlowKey {
+            container_addr: (*F::src(pkt.l3)).get(),
+            client_addr: (*F::dst(pkt.l3)).get(),
+            container_port: (*pkt.l4).src.to_ne_bytes(),
+            client_port: (*pkt.l4).dst.to_ne_bytes(),
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    };
+    match lookup::live_flow::<N, F>(&key) {
+        Some(flow) => reply::<N, F>(ctx, pkt, &key, flow),
+        None => hairpin::<N, F>(ctx, pkt),
+    }
+}
+
+/// A reply of a translated flow: its source becomes the host address and port the client used
+/// (and, for a hairpin flow, its destination the calling container again).
+#[inline(always)]
+fn reply<const N: usize, F: Family<N>>(
+    ctx: &TcContext,
+    pkt: &Packet,
+    key: &FlowKey<N>,
+    flow: *mut FlowState<N>,
+) -> Verdict {
+    flow::touch(flow, flow::closes(pkt));
+    // SAFETY: the IP header was bounds-checked.
+    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+        return Verdict::pass(Reason::ReplyTtlExpired);
+    }
+    // SAFETY: `flow` points into a live map value; fields are read where they are needed.
+    let flow = unsafe { &*flow };
+    let host = To {
+        addr: &flow.host_addr,
+        port: flow.host_port,
+    };
+    let hairpin = flow.flags & FLOW_HAIRPIN != 0;
+    let written = if hairpin {
+        let caller = To {
+            addr: &flow.client_addr,
+            port: flow.client_port,
+        };
+        rewrite::endpoints::<N, F>(&Skb(ctx), pkt, host, caller, Ttl::Decrement)
+    } else {
+        rewrite::endpoint::<N, F>(&Skb(ctx), pkt, Side::Src, host, Ttl::Decrement)
+    };
+    if written.is_err() {
+        error!(
+            ctx,
+            "could not rewrite a reply to port {}; dropped",
+            u16::from_be_bytes(flow.host_port)
+        );
+        return dropped(Reason::ReplyDropWriteFailed);
+    }
+    if pkt.piece == Piece::First {
+        // Keyed as the datagram arrived (from the container to the client, or for a hairpin
+        // flow the bridge), which is how its later fragments arrive.
+        flow::record_fragment::<N, F>(
+            &FragKey {
+                src: key.container_addr,
+                dst: key.client_addr,
+                id: pkt.id,
+                proto: pkt.proto,
+                _pad: [0; 3],
+            },
+            &FragTarget {
+                addr: flow.host_addr,
+                side: FRAG_SRC,
+                _pad: [0; 3],
+                ifindex: flow.ingress_ifindex,
+                binding_id: flow.binding_id,
+            },
+        );
+    }
+    stats::to_client(flow.binding_id, ctx.len().into());
+    let action = if hairpin {
+        redirect::to_onlink(flow.ingress_ifindex, F::nexthop(flow.client_addr))
+    } else {
+        redirect::via_route(flow.ingress_ifindex)
+    };
     Verdict {
         reason: Reason::ReplyTranslated,
-        action: redirect_neigh(flow.ingress_ifindex),
+        action,
+    }
+}
+
+/// A container to a published port of its own host: the destination becomes the target
+/// container and the source the bridge's own address (keeping the port), so that the target's
+/// reply comes back here rather than straight to the caller.
+#[inline(always)]
+fn hairpin<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdict {
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // The flow as its replies will show it (`key`), and what they must become (`value`),
+    // filled in straight from the packet and the maps. They live on the stack anyway, for the
+    // map helpers; holding the same addresses in registers across helper calls as well would
+    // spill them a second time.
+    let mut key = FlowKey::<N> {
+        proto: pkt.proto,
+        ..FlowKey::default()
+    };
+    let mut value = FlowState::<N> {
+        flags: FLOW_HAIRPIN,
+        ingress_ifindex: ifindex,
+        ..FlowState::default()
+    };
+    // SAFETY: `parse::ip` bounds-checked the IP header and the ports.
+    unsafe {
+        value.host_addr = (*F::dst(pkt.l3)).get();
+        value.host_port = (*pkt.l4).dst.to_ne_bytes();
+        value.client_addr = (*F::src(pkt.l3)).get();
+        value.client_port = (*pkt.l4).src.to_ne_bytes();
+        key.client_port = value.client_port;
+    }
+    let Some(binding) = lookup::binding::<N, F>(&BindingKey {
+        addr: value.host_addr,
+        port: value.host_port,
+        proto: pkt.proto,
+        _pad: 0,
+    }) else {
+        return Verdict::pass(Reason::ReplyPassNoFlow);
+    };
+    // SAFETY: a reference into a map value, read at once.
+    let Some(bridge) = unsafe { BRIDGES.get(ifindex) }.and_then(F::bridge_addr) else {
+        return Verdict::pass(Reason::ReplyPassNoFlow);
+    };
+    // SAFETY: the IP header was bounds-checked.
+    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+        return Verdict::pass(Reason::ReplyTtlExpired);
+    }
+    key.client_addr = bridge;
+    key.container_addr = binding.addr;
+    key.container_port = binding.port;
+    value.binding_id = binding.id;
+    value.generation = binding.generation;
+    // Two callers with the same source port to the same target would share the translated
+    // source; the second is left to the stack rather than take the first one's replies.
+    if let Some(existing) = lookup::live_flow::<N, F>(&key) {
+        // SAFETY: a pointer into a live map value.
+        if !unsafe { (*existing).same_flow(&value) } {
+            return Verdict::pass(Reason::ReplyHairpinPortBusy);
+        }
+    }
+    let closing = flow::closes(pkt);
+    let translated_src = To {
+        addr: &key.client_addr,
+        port: key.client_port,
+    };
+    let target = To {
+        addr: &key.container_addr,
+        port: key.container_port,
+    };
+    if rewrite::endpoints::<N, F>(&Skb(ctx), pkt, translated_src, target, Ttl::Decrement).is_err() {
+        return dropped(Reason::ReplyDropWriteFailed);
+    }
+    let _ = flow::record::<N, F>(&key, &mut value, closing);
+    stats::to_container(value.binding_id, ctx.len().into());
+    Verdict {
+        reason: Reason::ReplyHairpin,
+        action: redirect::to_onlink(binding.egress_ifindex, F::nexthop(key.container_addr)),
+    }
+}
+
+/// A later fragment of a container's datagram: it follows its first fragment's translation.
+#[inline(always)]
+fn later_fragment<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdict {
+    // SAFETY: the IP header was bounds-checked.
+    let key = unsafe {
+        FragKey {
+            src: (*F::src(pkt.l3)).get(),
+            dst: (*F::dst(pkt.l3)).get(),
+            id: pkt.id,
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    };
+    let Some(target) = lookup::fragment::<N, F>(&key).filter(|t| t.side == FRAG_SRC) else {
+        return Verdict::pass(Reason::ReplyPassFragmentUnknown);
+    };
+    // SAFETY: as above.
+    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+        return Verdict::pass(Reason::ReplyTtlExpired);
+    }
+    if rewrite::fragment_addr::<N, F>(&Skb(ctx), pkt, Side::Src, &target.addr, Ttl::Decrement)
+        .is_err()
+    {
+        return dropped(Reason::ReplyDropWriteFailed);
+    }
+    stats::to_client(target.binding_id, ctx.len().into());
+    Verdict {
+        reason: Reason::ReplyTranslated,
+        action: redirect::via_route(target.ifindex),
     }
 }

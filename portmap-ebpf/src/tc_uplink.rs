@@ -8,30 +8,30 @@ use portmap_common::Reason;
 
 use crate::{
     parse,
+    redirect::{self, Verdict},
     rewrite::Skb,
-    tc_forward::{Verdict, pass, redirect_neigh_to},
     translate,
 };
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Verdict {
     if !parse::pull_headers(ctx) {
-        return pass(Reason::UplinkPassTruncated);
+        return Verdict::pass(Reason::UplinkPassTruncated);
     }
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match translate::v4(ctx, &Skb(ctx), ifindex, ctx.len().into(), true) {
+    match translate::uplink(ctx, &Skb(ctx), ifindex, ctx.len().into(), true) {
         Ok(translated) if translated.forwardable && !translated.vlan_tagged => Verdict {
             reason: Reason::UplinkTranslated,
-            action: redirect_neigh_to(translated.egress_ifindex, translated.container),
+            action: redirect::to_onlink(translated.egress_ifindex, translated.nexthop),
         },
         // Translated, but the stack forwards it: its TTL expires here (the stack sends the
         // ICMP), or its VLAN tag lives outside the frame at TC.
-        Ok(_) => pass(Reason::UplinkTranslated),
-        Err(reason @ Reason::UplinkDropWriteFailed) => Verdict {
+        Ok(_) => Verdict::pass(Reason::UplinkTranslated),
+        Err(reason @ (Reason::UplinkDropWriteFailed | Reason::UplinkDropLoopback)) => Verdict {
             reason,
             action: TC_ACT_SHOT,
         },
-        Err(reason) => pass(reason),
+        Err(reason) => Verdict::pass(reason),
     }
 }

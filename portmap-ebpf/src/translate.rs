@@ -1,13 +1,16 @@
-//! The uplink's translation, whichever hook runs it (`xdp_uplink` or `tc_uplink`): parse, look
-//! up, rewrite, record. Forwarding the result is the hook's business.
+//! The uplink's translation, whichever hook runs it (`xdp_uplink` or `tc_uplink`) and whichever
+//! family: parse, look up, rewrite, record. Forwarding the result is the hook's business.
 
-use aya_ebpf::EbpfContext;
+use aya_ebpf::{EbpfContext, bindings::bpf_redir_neigh};
 use aya_log_ebpf::warn;
-use portmap_common::{BindingKeyV4, FlowKeyV4, FlowV4, Reason};
+use portmap_common::{
+    BindingKey, BindingTarget, FRAG_DST, FlowKey, FlowState, FragKey, FragTarget, Reason,
+};
 
 use crate::{
-    flow, lookup,
-    parse::{self, Endpoint, Frame, Refusal},
+    family::{Family, V4, V6},
+    flow, icmp, lookup,
+    parse::{self, Frame, Packet, Piece, Refusal, To, Version},
     rewrite::{self, Checksums, Side, Ttl},
     stats,
 };
@@ -16,15 +19,15 @@ use crate::{
 pub struct Translated {
     /// The bridge the binding sends to.
     pub egress_ifindex: u32,
-    /// The container's address, as on the wire: its own next hop on that bridge.
-    pub container: [u16; 2],
+    /// The container, as `bpf_redirect_neigh`'s next hop: it is on that bridge's link.
+    pub nexthop: bpf_redir_neigh,
     pub vlan_tagged: bool,
     /// Whether the TTL was decremented, as forwarding requires; not when it would expire,
     /// which is left to the stack and its ICMP.
     pub forwardable: bool,
 }
 
-/// Translates a client's packet to a published host address and port.
+/// Translates a client's packet to a published host address and port, of either family.
 ///
 /// `forward` asks for the TTL to be decremented too (the hook forwards the packet itself);
 /// `len` is what the binding's byte counter is charged.
@@ -33,72 +36,195 @@ pub struct Translated {
 ///
 /// Why the packet is not translated; it is then untouched.
 #[inline(always)]
-pub fn v4<C: Frame + EbpfContext>(
+pub fn uplink<C: Frame + EbpfContext>(
     ctx: &C,
     csums: &impl Checksums,
     ingress_ifindex: u32,
     len: u64,
     forward: bool,
 ) -> Result<Translated, Reason> {
-    let pkt = parse::ipv4_l4(ctx).map_err(refused)?;
-    let client = pkt.src();
-    let host = pkt.dst();
-    if host.addr_bytes()[0] == 127 {
-        // Loopback never arrives from a wire; a crafted one must not reach a binding published
-        // on 127.0.0.1 (moby #45610). The stack drops it as a martian.
-        return Err(Reason::UplinkPassNoBinding);
+    let mut pkt = Packet::empty();
+    match parse::ip(ctx, &mut pkt).map_err(refused)? {
+        Version::V4 => packet::<4, V4, _>(ctx, csums, &pkt, ingress_ifindex, len, forward),
+        Version::V6 => packet::<16, V6, _>(ctx, csums, &pkt, ingress_ifindex, len, forward),
     }
-    let binding = lookup::binding(BindingKeyV4 {
-        addr: host.addr_bytes(),
-        port: host.port_bytes(),
-        proto: pkt.proto,
-        _pad: 0,
-    })
-    .ok_or(Reason::UplinkPassNoBinding)?;
+}
 
-    let container = Endpoint::from_wire(binding.addr, binding.port);
-    let forwardable = forward && pkt.ttl() > 1;
+/// Sends a packet down its path: a later fragment follows its first, an ICMP error is
+/// translated inside and out, and anything with ports goes to [`ports`].
+#[inline(always)]
+fn packet<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
+    ctx: &C,
+    csums: &impl Checksums,
+    pkt: &Packet,
+    ingress_ifindex: u32,
+    len: u64,
+    forward: bool,
+) -> Result<Translated, Reason> {
+    if pkt.piece == Piece::Later {
+        return later_fragment::<N, F>(csums, pkt, len, forward);
+    }
+    if pkt.proto == F::ICMP {
+        return icmp::from_client::<N, F>(csums, pkt, ctx.data(), ctx.data_end(), forward);
+    }
+    ports::<N, F, C>(ctx, csums, pkt, ingress_ifindex, len, forward)
+}
+
+/// A TCP or UDP packet (or a datagram's first fragment) to a published port.
+#[inline(always)]
+fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
+    ctx: &C,
+    csums: &impl Checksums,
+    pkt: &Packet,
+    ingress_ifindex: u32,
+    len: u64,
+    forward: bool,
+) -> Result<Translated, Reason> {
+    // Addresses are read from the packet (or the keys, once built) where they are needed,
+    // not held in registers across helper calls: they would spill to a small stack.
+    // SAFETY: `parse::ip` bounds-checked the IP header and the ports.
+    let host = unsafe {
+        BindingKey {
+            addr: (*F::dst(pkt.l3)).get(),
+            port: (*pkt.l4).dst.to_ne_bytes(),
+            proto: pkt.proto,
+            _pad: 0,
+        }
+    };
+    if F::is_loopback(&host.addr) {
+        // Loopback never arrives from a wire; a crafted one must not reach a binding published
+        // on 127.0.0.1 (moby #45610).
+        return Err(Reason::UplinkDropLoopback);
+    }
+    let binding = lookup::binding::<N, F>(&host).ok_or(Reason::UplinkPassNoBinding)?;
+    if pkt.piece == Piece::First {
+        // Before the flow's keys exist, whose stack slots these then share.
+        first_fragment::<N, F>(pkt, binding);
+    }
+
+    // The flow as it will be recorded, built while the packet still shows the client's view.
+    // SAFETY: as above; a map lookup does not move packet data.
+    let key = unsafe {
+        FlowKey {
+            container_addr: binding.addr,
+            client_addr: (*F::src(pkt.l3)).get(),
+            container_port: binding.port,
+            client_port: (*pkt.l4).src.to_ne_bytes(),
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    };
+    let mut value = FlowState {
+        host_addr: host.addr,
+        host_port: host.port,
+        binding_id: binding.id,
+        ingress_ifindex,
+        generation: binding.generation,
+        ..FlowState::default()
+    };
+    // SAFETY: the IP header was bounds-checked.
+    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
     let ttl = if forwardable {
         Ttl::Decrement
     } else {
         Ttl::Keep
     };
-    rewrite::v4_endpoint(csums, &pkt, Side::Dst, container, ttl)
+    let closing = flow::closes(pkt);
+    let container = To {
+        addr: &binding.addr,
+        port: binding.port,
+    };
+    rewrite::endpoint::<N, F>(csums, pkt, Side::Dst, container, ttl)
         .map_err(|_| Reason::UplinkDropWriteFailed)?;
     stats::to_container(binding.id, len);
 
-    let key = FlowKeyV4 {
-        container_addr: binding.addr,
-        client_addr: client.addr_bytes(),
-        container_port: binding.port,
-        client_port: client.port_bytes(),
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    let value = FlowV4 {
-        host_addr: host.addr_bytes(),
-        host_port: host.port_bytes(),
-        _pad: [0; 2],
-        binding_id: binding.id,
-        ingress_ifindex,
-        generation: binding.generation,
-    };
-    if let Err(errno) = flow::record(&key, &value) {
-        // Rare (an LRU evicts rather than fills up), and it breaks the flow's replies: say so.
-        stats::count(Reason::UplinkFlowRecordFailed);
-        warn!(
-            ctx,
-            "flow table refused {:i}:{} -> {:i}:{} (errno {}); its replies will not be translated",
-            client.addr_bytes(),
-            u16::from_be(client.port),
-            binding.addr,
-            u16::from_be_bytes(binding.port),
-            -errno
-        );
+    if let Err(errno) = flow::record::<N, F>(&key, &mut value, closing) {
+        record_failed(ctx, key.container_port, errno);
     }
     Ok(Translated {
         egress_ifindex: binding.egress_ifindex,
-        container: container.addr,
+        nexthop: F::nexthop(binding.addr),
+        vlan_tagged: pkt.vlan_tagged,
+        forwardable,
+    })
+}
+
+/// Rare (an LRU evicts rather than fills up), and it breaks the flow's replies: say so.
+#[cold]
+#[inline(never)]
+fn record_failed<C: EbpfContext>(ctx: &C, container_port: [u8; 2], errno: i32) {
+    stats::count(Reason::UplinkFlowRecordFailed);
+    warn!(
+        ctx,
+        "flow table refused a flow to port {} (errno {}); its replies will not be translated",
+        u16::from_be_bytes(container_port),
+        -errno
+    );
+}
+
+/// Remembers how a datagram's first fragment is translated, for the fragments after it, keyed
+/// as they arrive: from the client to the host address. Called before the rewrite, while the
+/// packet still shows both.
+#[inline(always)]
+fn first_fragment<const N: usize, F: Family<N>>(pkt: &Packet, binding: &BindingTarget<N>) {
+    // SAFETY: `parse::ip` bounds-checked the IP header; nothing has moved packet data.
+    let key = unsafe {
+        FragKey {
+            src: (*F::src(pkt.l3)).get(),
+            dst: (*F::dst(pkt.l3)).get(),
+            id: pkt.id,
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    };
+    flow::record_fragment::<N, F>(
+        &key,
+        &FragTarget {
+            addr: binding.addr,
+            side: FRAG_DST,
+            _pad: [0; 3],
+            ifindex: binding.egress_ifindex,
+            binding_id: binding.id,
+        },
+    );
+}
+
+/// A later fragment of a client's datagram: it follows its first fragment's translation, or,
+/// if that was not seen (out of order, or not ours), passes untranslated.
+#[inline(always)]
+fn later_fragment<const N: usize, F: Family<N>>(
+    csums: &impl Checksums,
+    pkt: &Packet,
+    len: u64,
+    forward: bool,
+) -> Result<Translated, Reason> {
+    // SAFETY: the IP header was bounds-checked.
+    let key = unsafe {
+        FragKey {
+            src: (*F::src(pkt.l3)).get(),
+            dst: (*F::dst(pkt.l3)).get(),
+            id: pkt.id,
+            proto: pkt.proto,
+            _pad: [0; 3],
+        }
+    };
+    let target = lookup::fragment::<N, F>(&key).ok_or(Reason::UplinkPassFragmentUnknown)?;
+    if target.side != FRAG_DST {
+        return Err(Reason::UplinkPassFragmentUnknown);
+    }
+    // SAFETY: as above.
+    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
+    let ttl = if forwardable {
+        Ttl::Decrement
+    } else {
+        Ttl::Keep
+    };
+    rewrite::fragment_addr::<N, F>(csums, pkt, Side::Dst, &target.addr, ttl)
+        .map_err(|_| Reason::UplinkDropWriteFailed)?;
+    stats::to_container(target.binding_id, len);
+    Ok(Translated {
+        egress_ifindex: target.ifindex,
+        nexthop: F::nexthop(target.addr),
         vlan_tagged: pkt.vlan_tagged,
         forwardable,
     })
@@ -108,9 +234,7 @@ pub fn v4<C: Frame + EbpfContext>(
 fn refused(refusal: Refusal) -> Reason {
     match refusal {
         Refusal::NotIp => Reason::UplinkPassNotIp,
-        Refusal::Ipv6 => Reason::UplinkPassIpv6,
         Refusal::IpOptions => Reason::UplinkPassIpOptions,
-        Refusal::Fragment => Reason::UplinkPassFragment,
         Refusal::NotTcpUdp => Reason::UplinkPassNotTcpUdp,
         Refusal::Truncated => Reason::UplinkPassTruncated,
     }

@@ -4,26 +4,33 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_meta, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::generated::bpf_xdp_adjust_meta,
+    programs::XdpContext,
+};
 use portmap_common::{Reason, XDP_META_MAGIC, XdpMeta};
 
 use crate::{rewrite::InPlace, stats, translate};
 
-/// What became of the packet. XDP passes everything up: a translated packet is forwarded by
-/// `tc_forward`, anything else is the stack's business.
+/// What became of the packet, and the XDP action: everything goes up but a loopback
+/// destination from the wire, which is dropped. A translated packet is forwarded by
+/// `tc_forward`; anything else is the stack's business.
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> Reason {
+pub fn run(ctx: &XdpContext) -> (Reason, u32) {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let translated = match translate::v4(ctx, &InPlace, ctx.ingress_ifindex() as u32, len, false) {
-        Ok(translated) => translated,
-        Err(reason) => return reason,
-    };
+    let translated =
+        match translate::uplink(ctx, &InPlace, ctx.ingress_ifindex() as u32, len, false) {
+            Ok(translated) => translated,
+            Err(reason @ Reason::UplinkDropLoopback) => return (reason, XDP_DROP),
+            Err(reason) => return (reason, XDP_PASS),
+        };
     // A tagged frame is left to the VLAN device and the stack: at TC the tag has been moved out
     // of the frame, and the note with it.
     if !translated.vlan_tagged && !write_meta(ctx, translated.egress_ifindex) {
         stats::count(Reason::XdpMetaFailed);
     }
-    Reason::UplinkTranslated
+    (Reason::UplinkTranslated, XDP_PASS)
 }
 
 /// Puts an [`XdpMeta`] in front of the frame. Reuses one already there (`BPF_PROG_TEST_RUN`

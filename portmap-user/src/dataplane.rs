@@ -362,7 +362,7 @@ impl Dataplane {
                 return Err(error).with_context(|| {
                     format!(
                         "writing {}:{} to {} ({} entries)",
-                        Ipv4Addr::from(key.addr),
+                        Ipv4Addr::from(key.addr.0),
                         u16::from_be_bytes(key.port),
                         names::BINDINGS_V4,
                         after.len()
