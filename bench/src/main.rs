@@ -6,6 +6,7 @@
 //! than the paths being compared on these VMs. Each mode gets fresh namespaces, and connection
 //! tracking is flushed between rounds.
 
+mod cni;
 mod load;
 mod modes;
 mod progrun;
@@ -33,11 +34,12 @@ struct Args {
     /// Rounds per metric; the report gives the median and the min–max spread.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Modes to measure (floor, floor-xdp, iptables, nftmap, portmap-xdp, portmap-tc).
+    /// Modes to measure (floor, floor-xdp, iptables, nftmap, portmap-xdp, portmap-tc,
+    /// cni-portmap).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "floor,floor-xdp,iptables,nftmap,portmap-xdp,portmap-tc"
+        default_value = "floor,floor-xdp,iptables,nftmap,portmap-xdp,portmap-tc,cni-portmap"
     )]
     modes: Vec<String>,
     /// Every mode at N = 1 and 100, one second, one round; writes no results (for CI).

@@ -35,16 +35,19 @@ pub enum Mode {
     PortmapXdp,
     /// The same, translating at TC ingress (`--hook tc`).
     PortmapTc,
+    /// The reference CNI `portmap` plugin (Kubernetes' hostPort): per-container DNAT chains.
+    CniPortmap,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Floor,
         Mode::FloorXdp,
         Mode::Iptables,
         Mode::NftMap,
         Mode::PortmapXdp,
         Mode::PortmapTc,
+        Mode::CniPortmap,
     ];
 
     /// The name `--modes` takes.
@@ -56,6 +59,7 @@ impl Mode {
             Mode::NftMap => "nftmap",
             Mode::PortmapXdp => "portmap-xdp",
             Mode::PortmapTc => "portmap-tc",
+            Mode::CniPortmap => "cni-portmap",
         }
     }
 
@@ -73,6 +77,7 @@ impl fmt::Display for Mode {
             Mode::NftMap => "nftables map",
             Mode::PortmapXdp => "portmap (XDP)",
             Mode::PortmapTc => "portmap (TC)",
+            Mode::CniPortmap => "CNI portmap (iptables)",
         })
     }
 }
@@ -302,6 +307,17 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
                         },
                     )
                 })?,
+            ));
+        }
+        Mode::CniPortmap => {
+            let mapped = |p: &Port| (p.proto, p.host, p.container);
+            let began = Instant::now();
+            crate::cni::publish(&deployed.net, ports.iter().map(mapped))?;
+            deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
+            let spare = mapped(&spare(c1));
+            deployed.add_remove = Some((
+                timed(|| crate::cni::add_spare(&deployed.net, spare))?,
+                timed(|| crate::cni::remove_spare(&deployed.net, spare))?,
             ));
         }
     }

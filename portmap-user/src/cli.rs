@@ -15,6 +15,7 @@ use crate::{
     client,
     compose::{self, ComposeError, LoadError},
     dataplane::UplinkHook,
+    docker::DockerHost,
     netdev::{self, Interface},
     plan::{self, Endpoint, Plan, PlanError, PortPool, Request, Source, StaticAddrs},
     spec::{ContainerAddr, HostPort, Publish, SpecArg, SpecError, Target},
@@ -71,7 +72,9 @@ Examples:
   portmap run --iface ens160 --bridge docker0 \\
       -p 8000:8000=172.17.0.2 -p 5000:8000=172.17.0.3 -p 127.0.0.1:3306:3306=172.17.0.4 \\
       -p 5353:53/udp=172.17.0.5
-  portmap run --iface ens160 --compose compose.yml --container webapp-flet=172.17.0.2";
+  portmap run --iface ens160 --compose compose.yml --container webapp-flet=172.17.0.2
+  portmap run --iface ens160 --docker              # every port Docker publishes
+  portmap run --iface ens160 --docker --docker-host unix:///run/user-docker.sock";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -139,6 +142,20 @@ pub struct RunArgs {
     /// Where to pin the maps for `portmap stats` [default: /sys/fs/bpf/portmap/IFACE].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+
+    /// Follow a Docker engine: publish every port its running containers publish, and keep
+    /// in step as containers start, stop and move.
+    ///
+    /// Docker's own rules stay in place and carry the traffic again when portmap stops. Each
+    /// container's bindings are owned by `docker:NAME (SHORT_ID)`. --publish and --compose
+    /// bindings may be used beside it; one on a port a container publishes is refused, naming
+    /// both.
+    #[arg(long)]
+    pub docker: bool,
+
+    /// The engine's socket [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
+    #[arg(long, value_name = "unix:///PATH", requires = "docker")]
+    pub docker_host: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -333,6 +350,8 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     /// `--container` addresses, kept for services named by later `portmap add`s.
     pub containers: Vec<ContainerAddr>,
+    /// `--docker`: the engine to follow.
+    pub docker: Option<DockerHost>,
 }
 
 impl RunConfig {
@@ -347,7 +366,19 @@ impl RunConfig {
             hook,
             xdp_mode,
             pin_dir,
+            docker,
+            docker_host,
         } = args;
+        let docker = match (docker, docker_host) {
+            (false, _) => None,
+            (true, Some(url)) => Some(
+                DockerHost::parse(&url)
+                    .map_err(|e| Failure::BadInput(anyhow!("--docker-host {e}")))?,
+            ),
+            (true, None) => {
+                Some(DockerHost::from_env().map_err(|e| Failure::BadInput(anyhow!(e)))?)
+            }
+        };
         let hook = match (hook, xdp_mode) {
             (HookArg::Xdp, mode) => UplinkHook::Xdp(mode.unwrap_or(XdpModeArg::Driver).into()),
             (HookArg::Tc, None) => UplinkHook::Tc,
@@ -421,6 +452,7 @@ impl RunConfig {
             local_addrs,
             hook,
             containers,
+            docker,
         })
     }
 }
@@ -741,6 +773,35 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn run_docker_host_comes_with_docker() {
+        assert!(
+            parse(&[
+                "run",
+                "--iface",
+                "ens160",
+                "--docker-host",
+                "unix:///d.sock"
+            ])
+            .is_err()
+        );
+        let Command::Run(args) = parse(&[
+            "run",
+            "--iface",
+            "ens160",
+            "--docker",
+            "--docker-host",
+            "unix:///d.sock",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("a run command");
+        };
+        assert!(args.docker);
+        assert_eq!(args.docker_host.as_deref(), Some("unix:///d.sock"));
     }
 
     #[test]

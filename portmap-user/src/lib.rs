@@ -9,13 +9,17 @@
 //! - [`instance`]: a running instance's state, changed all or nothing;
 //! - [`control`]: the socket through which other commands reach it;
 //! - [`serve`]: `portmap run`; [`client`]: `add`, `rm`, `ls`, `stats`;
+//! - [`docker`]: following a Docker engine's containers (`run --docker`);
+//! - [`conntrack`]: handing connections back to conntrack when portmap stops;
 //! - [`cli`]: the `portmap` command.
 
 pub mod cli;
 pub mod client;
 pub mod compose;
+pub mod conntrack;
 pub mod control;
 pub mod dataplane;
+pub mod docker;
 pub mod instance;
 pub mod netdev;
 pub mod plan;

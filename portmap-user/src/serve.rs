@@ -4,12 +4,16 @@
 use std::{
     fmt::Write as _,
     fs::{self, File},
+    net::Ipv4Addr,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::Path,
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use aya::programs::Program;
+use portmap_common::programs;
 use tokio::{
     io::{
         AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest,
@@ -17,13 +21,17 @@ use tokio::{
     },
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 
 use crate::{
     cli::{Failure, RunConfig},
+    conntrack,
     control::{InstancePaths, Request, Response},
     dataplane::{self, Dataplane},
+    docker::{self, Follower},
     instance::{Instance, Refused},
+    plan::Binding,
 };
 
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -54,9 +62,35 @@ pub async fn run(config: RunConfig) -> Result<(), Failure> {
     result
 }
 
+/// How many Docker updates may wait for the run loop before the event task waits in turn.
+const DOCKER_BACKLOG: usize = 64;
+/// With `--docker`, how long the reply program outlives the uplink's on SIGTERM or SIGINT (see
+/// [`detach_uplink_first`]): requests portmap translated just before the switch are answered.
+const HANDOVER: Duration = Duration::from_secs(1);
+
+fn refused(refused: Refused) -> Failure {
+    match refused {
+        Refused::BadInput(e) => Failure::BadInput(e),
+        Refused::Runtime(e) => Failure::Runtime(e),
+    }
+}
+
 /// Loads, fills, pins and attaches, then serves until a signal. Returning drops the instance,
 /// which detaches every program and frees every host port.
 async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure> {
+    // The engine first: one that cannot be reached fails the start before anything is loaded,
+    // and a port both it and the command line publish is refused naming both (before the
+    // command line's ports are held, which would fail on Docker's own hold with a vaguer
+    // message).
+    let docker = match &config.docker {
+        Some(host) => {
+            let (source, snapshot) = docker::connect(host).await.map_err(Failure::Runtime)?;
+            docker::check_against(&config.plan.bindings, &snapshot)
+                .map_err(|e| Failure::BadInput(e.into()))?;
+            Some((Follower::new(host.clone()), source, snapshot))
+        }
+        None => None,
+    };
     let mut dataplane = Dataplane::load().map_err(Failure::Runtime)?;
     let logger = aya_log::EbpfLogger::init(dataplane.ebpf_mut());
     dataplane
@@ -68,10 +102,18 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         &config.bridge,
         config.containers.clone(),
     )
-    .map_err(|refused| match refused {
-        Refused::BadInput(e) => Failure::BadInput(e),
-        Refused::Runtime(e) => Failure::Runtime(e),
-    })?;
+    .map_err(refused)?;
+    // The containers' bindings go in before the programs are attached, so the first packet
+    // already finds them; events from now on wait in the stream until the loop runs.
+    let (updates_tx, mut updates) = mpsc::channel(DOCKER_BACKLOG);
+    let mut follower = match docker {
+        Some((mut follower, source, snapshot)) => {
+            follower.start(&mut instance, snapshot).map_err(refused)?;
+            tokio::spawn(docker::follow(source, updates_tx));
+            Some(follower)
+        }
+        None => None,
+    };
     let listener = listen(paths).map_err(Failure::Runtime)?;
     let mut ready = || -> anyhow::Result<()> {
         instance.dataplane().pin_maps(&paths.pin_dir)?;
@@ -80,8 +122,19 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             .attach(&config.uplink, &config.bridge, config.hook)
     };
     ready().map_err(Failure::Runtime)?;
+    release_flows(&all_bindings(&instance), &config.local_addrs);
 
-    let published: Vec<_> = instance.published().cloned().collect();
+    if let Some(follower) = &follower {
+        println!(
+            "portmap: following the Docker engine at {}: {} running container(s) publish ports",
+            follower.host(),
+            follower.containers()
+        );
+    }
+    let published: Vec<_> = instance
+        .published_with_owner()
+        .map(|(p, owner)| (p.binding.clone(), owner.map(str::to_owned)))
+        .collect();
     println!(
         "portmap: serving {} binding(s) on {} ({}), replies from {}; control at {}",
         published.len(),
@@ -90,8 +143,11 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         config.bridge.name,
         paths.socket.display()
     );
-    for entry in &published {
-        println!("  {}", entry.binding);
+    for (binding, owner) in &published {
+        match owner {
+            Some(owner) => println!("  {binding}  ({owner})"),
+            None => println!("  {binding}"),
+        }
     }
     if published.is_empty() {
         println!("  (none yet: add some with `portmap add`)");
@@ -130,18 +186,92 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             () = &mut forward_logs => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => answer(&mut instance, stream).await,
+                Ok((stream, _)) => {
+                    if answer(&mut instance, stream).await {
+                        release_flows(&all_bindings(&instance), &config.local_addrs);
+                    }
+                }
                 Err(error) => log::warn!("control socket: {error}"),
+            },
+            update = updates.recv(), if follower.is_some() => match (update, follower.as_mut()) {
+                (Some(update), Some(follower)) => {
+                    let published = follower.apply(&mut instance, update);
+                    release_flows(&published, &config.local_addrs);
+                }
+                // The event task ended (it only does when the loop is gone); stop asking.
+                _ => follower = None,
             },
         }
     }
 
+    let handover = if config.docker.is_some() {
+        HANDOVER
+    } else {
+        Duration::ZERO
+    };
+    detach_uplink_first(&mut instance, handover).await;
     println!("{}", final_report(&instance));
     Ok(())
 }
 
-/// Reads one request from `stream`, applies it, writes the answer.
-async fn answer(instance: &mut Instance, stream: UnixStream) {
+/// Detaches the programs in the order that hands every packet cleanly back to the kernel's own
+/// path (Docker's rules, beside Docker): first the uplink's translation, so no new packet is
+/// translated; then `tc_forward`, once nothing is left for it to send on; the replies last,
+/// after `handover`, so that the answer to a request translated a moment ago is still
+/// translated back (conntrack never saw that request, so nothing else would). Dropping the
+/// programs would detach them in no particular order; a packet translated at XDP with
+/// `tc_forward` already gone would reach the container through the stack, outside both paths.
+/// (A SIGKILL leaves the order to the kernel.)
+async fn detach_uplink_first(instance: &mut Instance, handover: Duration) {
+    let mut unload = |name: &str| {
+        let unloaded = match instance.dataplane_mut().ebpf_mut().program_mut(name) {
+            Some(Program::Xdp(program)) => program.unload(),
+            Some(Program::SchedClassifier(program)) => program.unload(),
+            _ => Ok(()),
+        };
+        if let Err(error) = unloaded {
+            log::debug!("detaching {name}: {error}");
+        }
+    };
+    for name in [
+        programs::XDP_UPLINK,
+        programs::TC_UPLINK,
+        programs::TC_FORWARD,
+    ] {
+        unload(name);
+    }
+    if !handover.is_zero() {
+        log::info!(
+            "new connections now take Docker's rules; answering flows in progress for {handover:?}"
+        );
+        tokio::time::sleep(handover).await;
+    }
+    unload(programs::TC_REPLY);
+}
+
+fn all_bindings(instance: &Instance) -> Vec<Binding> {
+    instance.published().map(|p| p.binding.clone()).collect()
+}
+
+/// Marks the TCP connections conntrack tracks for `bindings`, just published, so that
+/// conntrack takes them back when portmap stops (see [`conntrack`]). A failure costs only
+/// that, so it is logged (loudly once).
+fn release_flows(bindings: &[Binding], local_addrs: &[Ipv4Addr]) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    match conntrack::release(bindings, local_addrs) {
+        Ok(0) => {}
+        Ok(n) => log::debug!("conntrack: {n} tracked connection(s) to published ports marked"),
+        Err(error) if !WARNED.swap(true, Ordering::Relaxed) => log::warn!(
+            "conntrack: could not mark the connections it tracks to published ports ({error}); \
+             those Docker's rules translated before portmap may be reset when portmap stops"
+        ),
+        Err(error) => log::debug!("conntrack: {error}"),
+    }
+}
+
+/// Reads one request from `stream`, applies it, writes the answer; whether it published
+/// something.
+async fn answer(instance: &mut Instance, stream: UnixStream) -> bool {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
     let read = tokio::time::timeout(
@@ -151,9 +281,15 @@ async fn answer(instance: &mut Instance, stream: UnixStream) {
             .read_line(&mut line),
     )
     .await;
+    let mut published = false;
     let response = match read {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => instance.handle(request),
+            Ok(request) => {
+                let adds = matches!(request, Request::Add { .. });
+                let response = instance.handle(request);
+                published = adds && response.error.is_none();
+                response
+            }
             Err(error) => Response::failed(format!("malformed request: {error}"), true),
         },
         Ok(Err(error)) => Response::failed(format!("reading the request: {error}"), false),
@@ -165,6 +301,7 @@ async fn answer(instance: &mut Instance, stream: UnixStream) {
     if let Err(error) = writer.write_all(json.as_bytes()).await {
         log::debug!("control client went away before its answer: {error}");
     }
+    published
 }
 
 /// The control socket, readable and writable by root only.

@@ -114,7 +114,7 @@ fn run(task: Task) -> anyhow::Result<()> {
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
     // The end-to-end tests run the real binary of this build.
-    cargo(&["build", "-p", "portmap-user"])?;
+    cargo(&["build", "-p", "portmap-user", "-p", "portmap-cni"])?;
     let mut tally = Tally::default();
     // The eBPF crate's pure functions (checksums) run as host unit tests.
     let unit = tally.run(cargo_command(&["test", "-p", "portmap-ebpf", "--lib"]));

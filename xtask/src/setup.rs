@@ -5,7 +5,7 @@
 //! plain `cargo install bpf-linker` finds Debian's default llvm-14 instead, so it is built
 //! against Debian's llvm-22-dev explicitly.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -17,8 +17,58 @@ pub const NIGHTLY: &str = "nightly";
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages: the LLVM bpf-linker links, and the tools the tests drive.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "iptables", "procps"];
+/// Debian packages: the LLVM bpf-linker links, and the tools the tests drive. `docker.io` (the
+/// engine, containerd and runc; installed without starting, and masked) and `busybox-static`
+/// (the test image's one binary) are for `e2e_docker`, which runs its own engine inside a
+/// namespace.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "ethtool",
+    "iptables",
+    "procps",
+    "docker.io",
+    "busybox-static",
+    // The reference CNI plugins (bridge, host-local, portmap) `e2e_cni` chains portmap-ebpf
+    // with and compares it to, and the bench's `cni-portmap` mode runs.
+    "containernetworking-plugins",
+];
+
+/// Debian's `policy-rc.d` convention: while `/usr/sbin/policy-rc.d` exits 101, package scripts
+/// start no service (`invoke-rc.d` and `deb-systemd-invoke` ask it). Put in place for the
+/// install, removed after it, and left alone if the machine already has one.
+struct NoServiceStarts {
+    ours: bool,
+}
+
+impl NoServiceStarts {
+    const PATH: &str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> anyhow::Result<Self> {
+        if Path::new(Self::PATH).exists() {
+            return Ok(Self { ours: false });
+        }
+        std::fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", Self::PATH))?;
+        std::fs::set_permissions(
+            Self::PATH,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .with_context(|| format!("making {} executable", Self::PATH))?;
+        Ok(Self { ours: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.ours {
+            let _ = std::fs::remove_file(Self::PATH);
+        }
+    }
+}
 
 /// Installs whatever is missing.
 pub fn install() -> anyhow::Result<()> {
@@ -28,12 +78,25 @@ pub fn install() -> anyhow::Result<()> {
     } else {
         println!("setup: installing {}", missing.join(" "));
         exec(Command::new("apt-get").arg("update").arg("-q"))?;
+        // docker.io's maintainer scripts would start the engine on a systemd host, and an
+        // engine in the root namespace makes docker0 and iptables rules there. The tests run
+        // their own engine inside a namespace; this one must never start.
+        let _no_services = NoServiceStarts::new()?;
         exec(
             Command::new("apt-get")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
+        if missing.contains(&"docker.io") && Path::new("/run/systemd/system").exists() {
+            // Nor at the next boot or socket activation: this engine is the tests' alone.
+            exec(Command::new("systemctl").args([
+                "mask",
+                "--now",
+                "docker.service",
+                "docker.socket",
+            ]))?;
+        }
     }
 
     if !has_nightly()? {
@@ -93,15 +156,30 @@ pub fn ensure() -> anyhow::Result<()> {
 fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
     let mut missing = Vec::new();
     for package in APT_PACKAGES {
-        let out = Command::new("dpkg-query")
-            .args(["-W", "-f=${Status}", package])
-            .output()
-            .context("running dpkg-query (is this Debian?)")?;
-        if !String::from_utf8_lossy(&out.stdout).contains("install ok installed") {
+        if !installed(package)? {
             missing.push(*package);
         }
     }
+    // A machine with Docker's own packages keeps them: docker.io would replace them.
+    if let Some(other) = ["docker-ce", "moby-engine"]
+        .into_iter()
+        .find(|p| installed(p).unwrap_or(false))
+    {
+        missing.retain(|p| *p != "docker.io");
+        println!(
+            "setup: {other} is installed, so Debian's docker.io is not; e2e_docker needs \
+             /usr/sbin/dockerd from docker.io and fails without it"
+        );
+    }
     Ok(missing)
+}
+
+fn installed(package: &str) -> anyhow::Result<bool> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .context("running dpkg-query (is this Debian?)")?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
 }
 
 fn stdout(command: &mut Command) -> anyhow::Result<String> {
