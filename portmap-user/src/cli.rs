@@ -2,7 +2,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -15,7 +14,7 @@ use crate::{
     client,
     compose::{self, ComposeError, LoadError},
     dataplane::UplinkHook,
-    netdev::{self, Interface},
+    netdev::{HostAddrs, Interface},
     plan::{self, Endpoint, Plan, PlanError, PortPool, Request, Source, StaticAddrs},
     spec::{ContainerAddr, HostPort, Publish, SpecArg, SpecError, Target},
 };
@@ -328,7 +327,8 @@ pub struct RunConfig {
     pub uplink: Interface,
     pub bridge: Interface,
     pub plan: Plan,
-    pub local_addrs: Vec<Ipv4Addr>,
+    /// The host's addresses when `run` started (kept current while it serves).
+    pub host_addrs: HostAddrs,
     pub hook: UplinkHook,
     pub pin_dir: PathBuf,
     /// `--container` addresses, kept for services named by later `portmap add`s.
@@ -380,7 +380,8 @@ impl RunConfig {
                 "nothing to publish: the compose files list no ports"
             )));
         }
-        // The IPv6 twins of wildcard specs: Docker would publish them, the dataplane cannot yet.
+        // Twins of wildcard specs in a family the container has no address of: Docker would
+        // publish them (through its proxy); a translation cannot cross families.
         let twins: Vec<String> = plan
             .unserved()
             .map(|e| {
@@ -399,7 +400,7 @@ impl RunConfig {
             if more > 0 {
                 listed.push_str(&format!(" and {more} more"));
             }
-            log::info!("IPv6 not served yet, left out: {listed}");
+            log::info!("not published, the container has no address of that family: {listed}");
         }
         let interfaces = || -> anyhow::Result<_> {
             let uplink = Interface::by_name(&iface).context("--iface")?;
@@ -410,15 +411,15 @@ impl RunConfig {
                     uplink.name
                 );
             }
-            Ok((uplink, bridge, netdev::local_ipv4_addrs()?))
+            Ok((uplink, bridge, HostAddrs::read()?))
         };
-        let (uplink, bridge, local_addrs) = interfaces().map_err(Failure::BadInput)?;
+        let (uplink, bridge, host_addrs) = interfaces().map_err(Failure::BadInput)?;
         Ok(Self {
             pin_dir: pin_dir.unwrap_or_else(|| default_pin_dir(&uplink.name)),
             uplink,
             bridge,
             plan,
-            local_addrs,
+            host_addrs,
             hook,
             containers,
         })

@@ -1,7 +1,12 @@
 //! The dataplane handle: load the eBPF object, fill its maps, attach its programs, pin its maps
 //! for other `portmap` commands, and read its counters.
 
-use std::{collections::HashMap as StdHashMap, fs, io, net::Ipv4Addr, path::Path};
+use std::{
+    collections::HashMap as StdHashMap,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -14,11 +19,14 @@ use aya::{
     util::{KernelVersion, nr_cpus},
 };
 use portmap_common::{
-    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDINGS, Reason, globals, names,
-    programs,
+    Addr, BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowKeyV4, FlowKeyV6,
+    FlowState, FlowV4, FlowV6, MAX_BINDINGS, Reason, globals, names, programs,
 };
 
-use crate::{netdev::Interface, plan::Binding};
+use crate::{
+    netdev::{HostAddrs, Interface},
+    plan::Binding,
+};
 
 /// The eBPF object, built by `build.rs` from `portmap-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
@@ -29,8 +37,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// What is published, with counter slots.
     published: Vec<Published>,
-    /// The local addresses wildcard bindings are currently expanded to.
-    local_addrs: Vec<Ipv4Addr>,
+    /// The host's addresses: the local ones wildcard bindings are expanded to, and each
+    /// bridge's own, which hairpinned connections get as source.
+    addrs: HostAddrs,
     /// Bridges bindings send to, each with `tc_reply` once attached.
     bridges: Vec<Interface>,
     /// Whether the programs are attached: from then on, a new bridge gets `tc_reply` at once.
@@ -97,15 +106,15 @@ pub struct Published {
     pub bridge: Interface,
 }
 
-/// The kernel's binding entries for `published`: a specific binding is one key, a wildcard one
-/// key per local address, except where a specific binding holds that address and port (the
-/// planner refuses such overlaps, as Docker does; should one get here, the specific one wins,
-/// as an exact lookup would have it).
-pub fn binding_entries(
+/// The kernel's binding entries of one family (`N` is its address length) for `published`: a
+/// specific binding is one key, a wildcard one key per local address of its family, except
+/// where a specific binding holds that address and port (the planner refuses such overlaps, as
+/// Docker does; should one get here, the specific one wins, as an exact lookup would have it).
+pub fn binding_entries<const N: usize>(
     published: &[Published],
-    local_addrs: &[Ipv4Addr],
-) -> StdHashMap<BindingKeyV4, BindingV4> {
-    let entry_of = |published: &Published, addr: Ipv4Addr| {
+    local_addrs: &[IpAddr],
+) -> StdHashMap<BindingKey<N>, BindingTarget<N>> {
+    let entry_of = |published: &Published, addr: [u8; N]| {
         let Binding {
             host_ip: _,
             host_port,
@@ -113,10 +122,11 @@ pub fn binding_entries(
             container,
             origin: _,
         } = &published.binding;
+        let container_ip = octets::<N>(container.ip()).expect("filtered on the family");
         (
-            BindingKeyV4::new(addr.octets(), *host_port, proto.number()),
-            BindingV4::new(
-                container.ip().octets(),
+            BindingKey::new(addr, *host_port, proto.number()),
+            BindingTarget::new(
+                container_ip,
                 container.port(),
                 published.id,
                 published.bridge.index,
@@ -124,19 +134,44 @@ pub fn binding_entries(
             ),
         )
     };
+    let of_family = published
+        .iter()
+        .filter(|p| octets::<N>(p.binding.container.ip()).is_some());
     let (specific, wildcard): (Vec<&Published>, Vec<&Published>) =
-        published.iter().partition(|p| p.binding.host_ip.is_some());
+        of_family.partition(|p| p.binding.host_ip.is_some());
+    let local: Vec<[u8; N]> = local_addrs.iter().filter_map(|a| octets::<N>(*a)).collect();
     let mut entries = StdHashMap::new();
     for published in wildcard {
-        entries.extend(local_addrs.iter().map(|addr| entry_of(published, *addr)));
+        entries.extend(local.iter().map(|addr| entry_of(published, *addr)));
     }
     // Inserted last, so a specific binding replaces a wildcard's key for its address.
     for published in specific {
-        let addr = published.binding.host_ip.expect("partitioned on host_ip");
+        let host_ip = published.binding.host_ip.expect("partitioned on host_ip");
+        let addr = octets::<N>(host_ip).expect("the planner keeps one family per binding");
         let (key, value) = entry_of(published, addr);
         entries.insert(key, value);
     }
     entries
+}
+
+/// The bytes of `ip` if it is of the family whose addresses are `N` bytes long.
+fn octets<const N: usize>(ip: IpAddr) -> Option<[u8; N]> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().as_slice().try_into().ok(),
+        IpAddr::V6(v6) => v6.octets().as_slice().try_into().ok(),
+    }
+}
+
+/// An address from map bytes of either length.
+fn ip_of<const N: usize>(addr: &Addr<N>) -> IpAddr {
+    match N {
+        4 => IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&addr.0[..]).expect("N is 4"),
+        )),
+        _ => IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&addr.0[..]).expect("N is 16"),
+        )),
+    }
 }
 
 impl Dataplane {
@@ -174,7 +209,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             published: Vec::new(),
-            local_addrs: Vec::new(),
+            addrs: HostAddrs::default(),
             bridges: Vec::new(),
             attached: false,
             ids: IdPool::default(),
@@ -187,8 +222,8 @@ impl Dataplane {
     }
 
     /// Publishes `bindings` toward `bridge`, all or nothing: the first publication of a
-    /// dataplane. Wildcard bindings cover the addresses of the last
-    /// [`Dataplane::set_local_addrs`].
+    /// dataplane. Wildcard bindings cover the local addresses of the last
+    /// [`Dataplane::set_host_addrs`].
     ///
     /// # Errors
     ///
@@ -258,9 +293,8 @@ impl Dataplane {
         }
         let mut all = self.published.clone();
         all.extend(added.iter().cloned());
-        let before = binding_entries(&self.published, &self.local_addrs);
-        let after = binding_entries(&all, &self.local_addrs);
-        self.apply_entries(&before, &after)
+        let local = self.addrs.local();
+        self.apply_bindings(&self.published.clone(), &all, &local, &local)
     }
 
     /// Withdraws the bindings with these ids. Their kernel entries go first, so no new packet is
@@ -277,9 +311,8 @@ impl Dataplane {
             .iter()
             .cloned()
             .partition(|p| ids.contains(&p.id));
-        let before = binding_entries(&self.published, &self.local_addrs);
-        let after = binding_entries(&kept, &self.local_addrs);
-        self.apply_entries(&before, &after)?;
+        let local = self.addrs.local();
+        self.apply_bindings(&self.published.clone(), &kept, &local, &local)?;
         self.published = kept;
         let mut gens: Array<_, u32> =
             typed(self.ebpf.map_mut(names::BINDING_GEN), names::BINDING_GEN)?;
@@ -303,19 +336,11 @@ impl Dataplane {
             .iter()
             .map(|p| (p.id, p.generation))
             .collect();
-        let mut flows: HashMap<_, FlowKeyV4, FlowV4> =
-            typed(self.ebpf.map_mut(names::FLOWS_V4), names::FLOWS_V4)?;
-        let dead: Vec<FlowKeyV4> = flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, flow)| live.get(&flow.binding_id) != Some(&flow.generation))
-            .map(|(key, _)| key)
-            .collect();
-        for key in &dead {
-            // A flow the LRU evicted meanwhile is already gone.
-            let _ = flows.remove(key);
-        }
-        Ok(dead.len())
+        let dead = |flow_binding: u32, flow_generation: u32| {
+            live.get(&flow_binding) != Some(&flow_generation)
+        };
+        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, dead)?
+            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, dead)?)
     }
 
     /// What is published now.
@@ -323,31 +348,77 @@ impl Dataplane {
         &self.published
     }
 
-    /// Sets the local addresses wildcard bindings cover, adding and removing only the kernel
-    /// entries that change.
+    /// Takes in the host's addresses: wildcard bindings cover its local ones (only the kernel
+    /// entries that change are written), and each served bridge's own are what hairpinned
+    /// connections get as source.
     ///
     /// # Errors
     ///
     /// When a map write fails; the previous addresses then stay in force.
-    pub fn set_local_addrs(&mut self, addrs: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let before = binding_entries(&self.published, &self.local_addrs);
-        let after = binding_entries(&self.published, addrs);
-        self.apply_entries(&before, &after)?;
-        self.local_addrs = addrs.to_vec();
+    pub fn set_host_addrs(&mut self, addrs: HostAddrs) -> anyhow::Result<()> {
+        let published = self.published.clone();
+        self.apply_bindings(&published, &published, &self.addrs.local(), &addrs.local())?;
+        self.addrs = addrs;
+        for bridge in self.bridges.clone() {
+            self.describe_bridge(&bridge)?;
+        }
         Ok(())
     }
 
-    /// Moves the binding map from `before` to `after`: new and changed keys first, then stale
+    /// Sets just the local addresses (for tests that describe no bridge).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataplane::set_host_addrs`].
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> anyhow::Result<()> {
+        let list = addrs.iter().map(|ip| ("lo".to_string(), *ip)).collect();
+        self.set_host_addrs(HostAddrs::from_list(list))
+    }
+
+    /// Moves both binding maps from what `before` published over `before_local` to what
+    /// `after` publishes over `after_local`; IPv6 is undone if IPv4 then fails.
+    fn apply_bindings(
+        &mut self,
+        before: &[Published],
+        after: &[Published],
+        before_local: &[IpAddr],
+        after_local: &[IpAddr],
+    ) -> anyhow::Result<()> {
+        let (old6, new6) = (
+            binding_entries::<16>(before, before_local),
+            binding_entries::<16>(after, after_local),
+        );
+        self.apply_entries(names::BINDINGS_V6, &old6, &new6)?;
+        let written = self.apply_entries(
+            names::BINDINGS_V4,
+            &binding_entries::<4>(before, before_local),
+            &binding_entries::<4>(after, after_local),
+        );
+        if written.is_err() {
+            let _ = self.apply_entries(names::BINDINGS_V6, &new6, &old6);
+        }
+        written
+    }
+
+    /// Moves a binding map from `before` to `after`: new and changed keys first, then stale
     /// ones removed, so no key that stays is ever missing. On a failed write, what was written
     /// is undone.
-    fn apply_entries(
+    fn apply_entries<const N: usize>(
         &mut self,
-        before: &StdHashMap<BindingKeyV4, BindingV4>,
-        after: &StdHashMap<BindingKeyV4, BindingV4>,
-    ) -> anyhow::Result<()> {
-        let mut map: HashMap<_, BindingKeyV4, BindingV4> =
-            typed(self.ebpf.map_mut(names::BINDINGS_V4), names::BINDINGS_V4)?;
-        let mut written: Vec<BindingKeyV4> = Vec::new();
+        name: &str,
+        before: &StdHashMap<BindingKey<N>, BindingTarget<N>>,
+        after: &StdHashMap<BindingKey<N>, BindingTarget<N>>,
+    ) -> anyhow::Result<()>
+    where
+        BindingKey<N>: aya::Pod,
+        BindingTarget<N>: aya::Pod,
+    {
+        if before == after {
+            return Ok(());
+        }
+        let mut map: HashMap<_, BindingKey<N>, BindingTarget<N>> =
+            typed(self.ebpf.map_mut(name), name)?;
+        let mut written: Vec<BindingKey<N>> = Vec::new();
         for (key, value) in after {
             if before.get(key) == Some(value) {
                 continue;
@@ -361,10 +432,9 @@ impl Dataplane {
                 }
                 return Err(error).with_context(|| {
                     format!(
-                        "writing {}:{} to {} ({} entries)",
-                        Ipv4Addr::from(key.addr.0),
+                        "writing {} port {} to {name} ({} entries)",
+                        ip_of(&key.addr),
                         u16::from_be_bytes(key.port),
-                        names::BINDINGS_V4,
                         after.len()
                     )
                 });
@@ -375,6 +445,22 @@ impl Dataplane {
             let _ = map.remove(key);
         }
         Ok(())
+    }
+
+    /// Tells the programs `bridge`'s own addresses, from the last host addresses taken in.
+    fn describe_bridge(&mut self, bridge: &Interface) -> anyhow::Result<()> {
+        let (v4, v6) = self.addrs.of(&bridge.name);
+        let addrs = BridgeAddrs {
+            v4: Addr(v4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets()),
+            v6: Addr(v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets()),
+            has_v4: u8::from(v4.is_some()),
+            has_v6: u8::from(v6.is_some()),
+            _pad: [0; 2],
+        };
+        let mut map: HashMap<_, u32, BridgeAddrs> =
+            typed(self.ebpf.map_mut(names::BRIDGES), names::BRIDGES)?;
+        map.insert(bridge.index, addrs, 0)
+            .with_context(|| format!("describing bridge {} to the programs", bridge.name))
     }
 
     /// Attaches `tc_reply` to every bridge bindings send to (and `bridge`), then the uplink's
@@ -422,6 +508,7 @@ impl Dataplane {
         if self.bridges.contains(bridge) {
             return Ok(());
         }
+        self.describe_bridge(bridge)?;
         if self.attached {
             self.attach_tc(programs::TC_REPLY, bridge)?;
         }
@@ -499,16 +586,56 @@ impl Dataplane {
         sum_reasons(&map)
     }
 
-    /// Translated flows currently remembered.
+    /// IPv4 flows currently remembered.
     ///
     /// # Errors
     ///
     /// When the map cannot be read.
-    pub fn flows(&self) -> anyhow::Result<Vec<(FlowKeyV4, FlowV4)>> {
-        let map: HashMap<_, FlowKeyV4, FlowV4> =
-            typed(self.ebpf.map(names::FLOWS_V4), names::FLOWS_V4)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+    pub fn flows_v4(&self) -> anyhow::Result<Vec<(FlowKeyV4, FlowV4)>> {
+        flows(&self.ebpf, names::FLOWS_V4)
     }
+
+    /// IPv6 flows currently remembered.
+    ///
+    /// # Errors
+    ///
+    /// When the map cannot be read.
+    pub fn flows_v6(&self) -> anyhow::Result<Vec<(FlowKeyV6, FlowV6)>> {
+        flows(&self.ebpf, names::FLOWS_V6)
+    }
+}
+
+fn flows<const N: usize>(ebpf: &Ebpf, name: &str) -> anyhow::Result<Vec<(FlowKey<N>, FlowState<N>)>>
+where
+    FlowKey<N>: aya::Pod,
+    FlowState<N>: aya::Pod,
+{
+    let map: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map(name), name)?;
+    Ok(map.iter().filter_map(Result::ok).collect())
+}
+
+/// Deletes the flows of one family that `dead` says belong to no live binding; returns how many.
+fn sweep<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    dead: impl Fn(u32, u32) -> bool,
+) -> anyhow::Result<usize>
+where
+    FlowKey<N>: aya::Pod,
+    FlowState<N>: aya::Pod,
+{
+    let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map_mut(name), name)?;
+    let stale: Vec<FlowKey<N>> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, flow)| dead(flow.binding_id, flow.generation))
+        .map(|(key, _)| key)
+        .collect();
+    for key in &stale {
+        // A flow the LRU evicted meanwhile is already gone.
+        let _ = flows.remove(key);
+    }
+    Ok(stale.len())
 }
 
 fn zeroed_stats(cpus: usize) -> Result<PerCpuValues<BindingStats>, io::Error> {

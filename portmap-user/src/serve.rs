@@ -60,7 +60,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
     let mut dataplane = Dataplane::load().map_err(Failure::Runtime)?;
     let logger = aya_log::EbpfLogger::init(dataplane.ebpf_mut());
     dataplane
-        .set_local_addrs(&config.local_addrs)
+        .set_host_addrs(config.host_addrs.clone())
         .map_err(Failure::Runtime)?;
     let mut instance = Instance::start(
         dataplane,
