@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     client,
     compose::{self, ComposeError, LoadError},
-    dataplane::UplinkHook,
+    dataplane::{FlowTimeouts, UplinkHook},
     netdev::{HostAddrs, Interface},
     plan::{self, Endpoint, Plan, PlanError, PortPool, Request, Source, StaticAddrs},
     spec::{ContainerAddr, HostPort, Publish, SpecArg, SpecError, Target},
@@ -138,6 +138,58 @@ pub struct RunArgs {
     /// Where to pin the maps for `portmap stats` [default: /sys/fs/bpf/portmap/IFACE].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+
+    /// The cgroup (v2) whose processes' connections to published ports are translated at the
+    /// socket: `localhost:PORT`, `0.0.0.0:PORT`, the host's own address. Only sockets of this
+    /// network namespace are touched (Linux 5.14 or later). [default: the cgroup v2 root]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cgroup")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Leave the host's own connections alone (no cgroup programs).
+    #[arg(long)]
+    pub no_cgroup: bool,
+
+    /// How long a UDP flow may be idle before it is forgotten (its replies are then not
+    /// translated): `120s`, `5m`, `1h`.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub udp_timeout: std::time::Duration,
+
+    /// How long an established TCP flow may be idle before it is forgotten.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub tcp_timeout: std::time::Duration,
+
+    /// How long a TCP flow is kept after a FIN or RST.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub tcp_close_timeout: std::time::Duration,
+}
+
+/// `90`, `90s`, `5m`, `2h`, `1d`: a whole number of seconds, minutes, hours or days.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: the unit is s, m, h or d (e.g. 120s, 5m)"
+            ));
+        }
+    };
+    let count: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a whole number then a unit, e.g. 120s"))?;
+    if count == 0 {
+        return Err(format!("{text:?}: a timeout must be longer than zero"));
+    }
+    count
+        .checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -333,6 +385,9 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     /// `--container` addresses, kept for services named by later `portmap add`s.
     pub containers: Vec<ContainerAddr>,
+    /// Where the socket programs go; `None` with `--no-cgroup`.
+    pub cgroup: Option<PathBuf>,
+    pub timeouts: FlowTimeouts,
 }
 
 impl RunConfig {
@@ -347,7 +402,32 @@ impl RunConfig {
             hook,
             xdp_mode,
             pin_dir,
+            cgroup,
+            no_cgroup,
+            udp_timeout,
+            tcp_timeout,
+            tcp_close_timeout,
         } = args;
+        let cgroup = match (no_cgroup, cgroup) {
+            (true, _) => None,
+            (false, Some(dir)) => Some(dir),
+            (false, None) => match crate::cgroup::v2_root() {
+                Some(root) => Some(root),
+                None => {
+                    log::warn!(
+                        "no cgroup v2 hierarchy is mounted: the host's own connections to \
+                         published ports are not translated (give --cgroup DIR, or --no-cgroup \
+                         to silence this)"
+                    );
+                    None
+                }
+            },
+        };
+        let timeouts = FlowTimeouts {
+            udp: udp_timeout,
+            tcp: tcp_timeout,
+            tcp_closing: tcp_close_timeout,
+        };
         let hook = match (hook, xdp_mode) {
             (HookArg::Xdp, mode) => UplinkHook::Xdp(mode.unwrap_or(XdpModeArg::Driver).into()),
             (HookArg::Tc, None) => UplinkHook::Tc,
@@ -422,6 +502,8 @@ impl RunConfig {
             host_addrs,
             hook,
             containers,
+            cgroup,
+            timeouts,
         })
     }
 }

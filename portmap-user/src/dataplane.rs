@@ -5,6 +5,7 @@ use std::{
     collections::HashMap as StdHashMap,
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _},
     path::Path,
 };
 
@@ -13,7 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        TestRun as _, TestRunOptions, Xdp, XdpMode,
         tc::{self, TcError},
     },
     util::{KernelVersion, nr_cpus},
@@ -46,6 +48,33 @@ pub struct Dataplane {
     attached: bool,
     /// Binding ids: handed out from `next_id` up, reused once released.
     ids: IdPool,
+    /// The cookie of the network namespace served, which the socket programs compare; `None`
+    /// where the kernel cannot tell it (before 5.14).
+    netns_cookie: Option<u64>,
+}
+
+/// How long an idle flow is remembered, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// UDP: no datagram either way for this long ends the flow.
+    pub udp: std::time::Duration,
+    /// Established TCP.
+    pub tcp: std::time::Duration,
+    /// TCP after a FIN or RST.
+    pub tcp_closing: std::time::Duration,
+}
+
+impl Default for FlowTimeouts {
+    /// UDP 120 s and closing TCP 10 s, as conntrack's `udp_timeout_stream` and Cilium's close
+    /// timeout; established TCP a day (conntrack keeps it five; a day bounds what a client
+    /// that vanished without a FIN keeps in the table).
+    fn default() -> Self {
+        Self {
+            udp: std::time::Duration::from_secs(120),
+            tcp: std::time::Duration::from_secs(86_400),
+            tcp_closing: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// Binding ids and their generations.
@@ -185,11 +214,13 @@ impl Dataplane {
         // bpf_redirect_neigh took a next hop from 5.11 (commit ba452c9e996d).
         let nexthop_params =
             u32::from(KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)));
+        let netns_cookie = netns_cookie();
         let mut ebpf = EbpfLoader::new()
             // The programs use no CO-RE relocations, so the kernel's BTF is not needed; parsing
             // it would add ~40 ms to every start.
             .btf(None)
             .override_global(globals::NEXTHOP_PARAMS, &nexthop_params, true)
+            .override_global(globals::NETNS_COOKIE, &netns_cookie.unwrap_or(0), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object's maps")?;
         for name in programs::ALL {
@@ -199,6 +230,7 @@ impl Dataplane {
             let loaded = match program {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 other => bail!(
                     "program {name:?} has unexpected type {:?}",
                     other.prog_type()
@@ -213,7 +245,92 @@ impl Dataplane {
             bridges: Vec::new(),
             attached: false,
             ids: IdPool::default(),
+            netns_cookie,
         })
+    }
+
+    /// Attaches the socket programs to the cgroup (v2) at `cgroup`: its processes' connects and
+    /// sends to published ports go to the containers, in this network namespace only. Beside
+    /// any programs already there. Detached when `self` is dropped.
+    ///
+    /// # Errors
+    ///
+    /// When the kernel cannot tell this namespace's cookie (before 5.14: the programs would
+    /// translate in every namespace of the cgroup), `cgroup` is not a cgroup v2 directory, or
+    /// an attach fails.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        if self.netns_cookie.is_none() {
+            bail!(
+                "this kernel cannot tell a network namespace's cookie (SO_NETNS_COOKIE, 5.14), \
+                 so host-local connections would be translated in every namespace of {}",
+                cgroup.display()
+            );
+        }
+        let dir = fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in programs::SOCKET {
+            let program: &mut CgroupSockAddr = self.program(name)?;
+            // Attached as a bpf_link (5.7 and later; 5.14 is needed anyway), which always
+            // runs beside other programs of the cgroup and takes no mode flag: `Single` is
+            // the one that passes none.
+            program
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's jiffies (their low 32 bits), the clock flows are stamped with.
+    ///
+    /// # Errors
+    ///
+    /// When the clock program cannot be run.
+    pub fn jiffies(&mut self) -> anyhow::Result<u32> {
+        let program: &mut Xdp = self.program(programs::CLOCK)?;
+        // The smallest frame a test run takes: an Ethernet header.
+        let frame = [0u8; 14];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        let ran = program
+            .test_run(opts)
+            .context("reading the kernel's jiffies")?;
+        Ok(ran.return_value)
+    }
+
+    /// Deletes the flows whose binding is gone or re-pointed, and those idle longer than
+    /// `timeouts` at `hz` jiffies a second; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// When the maps cannot be read.
+    pub fn expire_flows(&mut self, timeouts: &FlowTimeouts, hz: u32) -> anyhow::Result<usize> {
+        let now = self.jiffies()?;
+        let live: StdHashMap<u32, u32> = self
+            .published
+            .iter()
+            .map(|p| (p.id, p.generation))
+            .collect();
+        let limit = |d: std::time::Duration| {
+            u32::try_from(d.as_secs().saturating_mul(u64::from(hz))).unwrap_or(u32::MAX / 2)
+        };
+        let (udp, tcp, closing) = (
+            limit(timeouts.udp),
+            limit(timeouts.tcp),
+            limit(timeouts.tcp_closing),
+        );
+        let expired = |proto: u8, flags: u8, seen: u32, binding: u32, generation: u32| {
+            let idle = now.wrapping_sub(seen);
+            let timeout = match proto {
+                _ if flags & portmap_common::FLOW_CLOSING != 0 => closing,
+                portmap_common::proto::TCP => tcp,
+                _ => udp,
+            };
+            // A `seen` a little ahead of `now` (another CPU stamped it meanwhile) wraps to a
+            // huge idle time: only ages under half the clock's range count.
+            live.get(&binding) != Some(&generation) || (idle > timeout && idle < u32::MAX / 2)
+        };
+        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, &expired)?
+            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, &expired)?)
     }
 
     /// The loaded object, for tests that run its programs directly.
@@ -336,11 +453,11 @@ impl Dataplane {
             .iter()
             .map(|p| (p.id, p.generation))
             .collect();
-        let dead = |flow_binding: u32, flow_generation: u32| {
-            live.get(&flow_binding) != Some(&flow_generation)
+        let dead = |_: u8, _: u8, _: u32, binding: u32, generation: u32| {
+            live.get(&binding) != Some(&generation)
         };
-        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, dead)?
-            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, dead)?)
+        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, &dead)?
+            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, &dead)?)
     }
 
     /// What is published now.
@@ -363,6 +480,11 @@ impl Dataplane {
             self.describe_bridge(&bridge)?;
         }
         Ok(())
+    }
+
+    /// The host's addresses last taken in.
+    pub fn host_addrs(&self) -> &HostAddrs {
+        &self.addrs
     }
 
     /// Sets just the local addresses (for tests that describe no bridge).
@@ -614,11 +736,12 @@ where
     Ok(map.iter().filter_map(Result::ok).collect())
 }
 
-/// Deletes the flows of one family that `dead` says belong to no live binding; returns how many.
+/// Deletes the flows of one family that `expired(proto, flags, seen, binding_id, generation)`
+/// says are over; returns how many.
 fn sweep<const N: usize>(
     ebpf: &mut Ebpf,
     name: &str,
-    dead: impl Fn(u32, u32) -> bool,
+    expired: &dyn Fn(u8, u8, u32, u32, u32) -> bool,
 ) -> anyhow::Result<usize>
 where
     FlowKey<N>: aya::Pod,
@@ -628,7 +751,15 @@ where
     let stale: Vec<FlowKey<N>> = flows
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, flow)| dead(flow.binding_id, flow.generation))
+        .filter(|(key, flow)| {
+            expired(
+                key.proto,
+                flow.flags,
+                flow.seen,
+                flow.binding_id,
+                flow.generation,
+            )
+        })
         .map(|(key, _)| key)
         .collect();
     for key in &stale {
@@ -636,6 +767,31 @@ where
         let _ = flows.remove(key);
     }
     Ok(stale.len())
+}
+
+/// This network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14), if the kernel tells it.
+fn netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid out-pointers of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cookie != 0).then_some(cookie)
 }
 
 fn zeroed_stats(cpus: usize) -> Result<PerCpuValues<BindingStats>, io::Error> {

@@ -11,6 +11,7 @@
 //! - [`serve`]: `portmap run`; [`client`]: `add`, `rm`, `ls`, `stats`;
 //! - [`cli`]: the `portmap` command.
 
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod compose;

@@ -135,3 +135,91 @@ unsafe fn ip_of(addr: *const libc::sockaddr) -> Option<IpAddr> {
         }
     }
 }
+
+/// Tells when an address is added to or removed from any interface of this network namespace
+/// (rtnetlink's address groups), so that wildcard bindings follow the host's addresses without
+/// a restart.
+pub struct AddrWatch {
+    socket: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl AddrWatch {
+    /// Subscribes.
+    ///
+    /// # Errors
+    ///
+    /// When the netlink socket cannot be opened or bound.
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+        const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+        // SAFETY: plain socket(2); the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_nl; the fields that matter are set below.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        // SAFETY: `addr` is a valid sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the AsyncFd owns the socket, so the fd stays open while it is registered.
+        let socket = unsafe { tokio::io::unix::AsyncFd::register(socket) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Self { socket })
+    }
+
+    /// Waits for the next change, then takes every notice queued with it: one burst of
+    /// changes (an interface coming up with several addresses) is one wake-up. The notices
+    /// themselves are not parsed; the caller reads the addresses afresh.
+    ///
+    /// # Errors
+    ///
+    /// When the socket fails. A lost notice (the queue overflowed) counts as a change.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 8192];
+        let mut guard = self.socket.readable().await?;
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe {
+                libc::recv(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                continue;
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    guard.clear_ready();
+                    return Ok(());
+                }
+                Some(libc::ENOBUFS) => continue,
+                _ => return Err(error),
+            }
+        }
+    }
+}

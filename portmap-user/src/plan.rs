@@ -589,7 +589,10 @@ fn refuse_unserved(endpoints: &[Endpoint]) -> Result<(), PlanError> {
 fn check_conflicts(endpoints: &[Endpoint]) -> Result<(), PlanError> {
     let mut by_port: std::collections::HashMap<(Proto, u16, bool), Vec<&Endpoint>> =
         std::collections::HashMap::new();
-    for later in endpoints.iter().filter(|e| e.host_port != 0) {
+    // A twin of a family its container has no address of is not published, and claims
+    // nothing: `8080:80=IPV4` leaves `[::]:8080` free for another container's IPv6.
+    let claims_port = |e: &&Endpoint| e.host_port != 0 && !(e.twin && e.unserved().is_some());
+    for later in endpoints.iter().filter(claims_port) {
         let claims = by_port
             .entry((later.proto, later.host_port, later.host_ip.is_ipv4()))
             .or_default();

@@ -6,7 +6,7 @@ use std::{
     fs::{self, File},
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -22,8 +22,9 @@ use tokio::{
 use crate::{
     cli::{Failure, RunConfig},
     control::{InstancePaths, Request, Response},
-    dataplane::{self, Dataplane},
+    dataplane::{self, Dataplane, FlowTimeouts},
     instance::{Instance, Refused},
+    netdev::{AddrWatch, HostAddrs},
 };
 
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -80,6 +81,12 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             .attach(&config.uplink, &config.bridge, config.hook)
     };
     ready().map_err(Failure::Runtime)?;
+    if let Some(cgroup) = &config.cgroup {
+        instance
+            .dataplane_mut()
+            .attach_cgroup(cgroup)
+            .map_err(Failure::Runtime)?;
+    }
 
     let published: Vec<_> = instance.published().cloned().collect();
     println!(
@@ -90,6 +97,13 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         config.bridge.name,
         paths.socket.display()
     );
+    match &config.cgroup {
+        Some(cgroup) => println!(
+            "  host-local connections translated for cgroup {}",
+            cgroup.display()
+        ),
+        None => println!("  host-local connections not translated (--no-cgroup)"),
+    }
     for entry in &published {
         println!("  {}", entry.binding);
     }
@@ -124,11 +138,22 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         std::future::pending::<()>().await;
     };
     tokio::pin!(forward_logs);
+    let mut addr_watch = AddrWatch::new()
+        .context("watching the host's addresses (rtnetlink)")
+        .map_err(Failure::Runtime)?;
+    let mut expiry = FlowExpiry::new(&mut instance, config.timeouts);
+    let mut expiry_tick = tokio::time::interval(expiry.interval());
+    expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             () = &mut forward_logs => {}
+            changed = addr_watch.changed() => match changed {
+                Ok(()) => follow_addrs(&mut instance),
+                Err(error) => log::warn!("address watch: {error}"),
+            },
+            _ = expiry_tick.tick() => expiry.run(&mut instance),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => answer(&mut instance, stream).await,
                 Err(error) => log::warn!("control socket: {error}"),
@@ -138,6 +163,111 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
 
     println!("{}", final_report(&instance));
     Ok(())
+}
+
+/// Takes in the host's addresses after rtnetlink said they changed: wildcard bindings cover the
+/// new set, and bridges' own addresses follow.
+fn follow_addrs(instance: &mut Instance) {
+    let addrs = match HostAddrs::read() {
+        Ok(addrs) => addrs,
+        Err(error) => {
+            log::warn!("reading the host's addresses: {error:#}");
+            return;
+        }
+    };
+    let before = instance.dataplane().host_addrs().local();
+    let after = addrs.local();
+    if let Err(error) = instance.dataplane_mut().set_host_addrs(addrs) {
+        log::warn!("following the host's addresses: {error:#}");
+        return;
+    }
+    let added: Vec<String> = after
+        .iter()
+        .filter(|a| !before.contains(a))
+        .map(ToString::to_string)
+        .collect();
+    let removed: Vec<String> = before
+        .iter()
+        .filter(|a| !after.contains(a))
+        .map(ToString::to_string)
+        .collect();
+    if !added.is_empty() || !removed.is_empty() {
+        log::info!(
+            "local addresses changed: added [{}], removed [{}]",
+            added.join(", "),
+            removed.join(", ")
+        );
+    }
+}
+
+/// Forgets idle flows. Flows are stamped with the kernel's jiffies, whose rate (HZ: 100, 250,
+/// 300 or 1000) the kernel does not tell userspace: it is measured against the monotonic clock
+/// over the first ticks.
+struct FlowExpiry {
+    timeouts: FlowTimeouts,
+    started: Option<(Instant, u32)>,
+    hz: Option<u32>,
+}
+
+impl FlowExpiry {
+    fn new(instance: &mut Instance, timeouts: FlowTimeouts) -> Self {
+        let started = match instance.dataplane_mut().jiffies() {
+            Ok(jiffies) => Some((Instant::now(), jiffies)),
+            Err(error) => {
+                log::warn!("idle flows will not expire: {error:#}");
+                None
+            }
+        };
+        Self {
+            timeouts,
+            started,
+            hz: None,
+        }
+    }
+
+    /// Half the shortest timeout, within 1 to 30 seconds.
+    fn interval(&self) -> Duration {
+        let shortest = self
+            .timeouts
+            .udp
+            .min(self.timeouts.tcp)
+            .min(self.timeouts.tcp_closing);
+        (shortest / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    fn run(&mut self, instance: &mut Instance) {
+        let Some(hz) = self.hz(instance) else {
+            return;
+        };
+        match instance.dataplane_mut().expire_flows(&self.timeouts, hz) {
+            Ok(0) => {}
+            Ok(n) => log::debug!("forgot {n} flows, idle or of withdrawn bindings"),
+            Err(error) => log::warn!("expiring flows: {error:#}"),
+        }
+    }
+
+    /// HZ, once a second has passed since the start: the value Linux allows nearest to the
+    /// rate the jiffies advanced at.
+    fn hz(&mut self, instance: &mut Instance) -> Option<u32> {
+        if self.hz.is_some() {
+            return self.hz;
+        }
+        let (at, then) = self.started?;
+        let elapsed = at.elapsed().as_secs_f64();
+        if elapsed < 1.0 {
+            return None;
+        }
+        let now = instance.dataplane_mut().jiffies().ok()?;
+        let rate = f64::from(now.wrapping_sub(then)) / elapsed;
+        let hz = [100u32, 250, 300, 1000].into_iter().min_by(|a, b| {
+            (f64::from(*a) - rate)
+                .abs()
+                .total_cmp(&(f64::from(*b) - rate).abs())
+        })?;
+        log::debug!("kernel clock: {rate:.0} jiffies/s, so HZ={hz}");
+        self.hz = Some(hz);
+        self.hz
+    }
 }
 
 /// Reads one request from `stream`, applies it, writes the answer.

@@ -129,6 +129,7 @@ fn load_each_program() -> bool {
         let loaded = match program {
             Program::Xdp(p) => p.load(),
             Program::SchedClassifier(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
             other => {
                 println!("VM load {name} rejected type {:?}", other.prog_type());
                 ok = false;
