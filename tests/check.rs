@@ -78,7 +78,7 @@ fn check_seed_000_demo_puertos_prints_docker_port_lines() {
     assert_prints(
         &["000-demo-puertos.yml"],
         "8000/tcp -> 0.0.0.0:9999 => webapp-flet:8000\n\
-         8000/tcp -> [::]:9999 => webapp-flet:8000  (IPv6: not served yet)\n",
+         8000/tcp -> [::]:9999 => webapp-flet:8000\n",
     );
 }
 
@@ -92,7 +92,7 @@ fn check_seed_000_demo_puertos_with_container_address() {
             "webapp-flet=172.17.0.2",
         ],
         "8000/tcp -> 0.0.0.0:9999 => 172.17.0.2:8000\n\
-         8000/tcp -> [::]:9999 => 172.17.0.2:8000  (IPv6: not served yet)\n",
+         8000/tcp -> [::]:9999 => 172.17.0.2:8000  (the container has no IPv6 address)\n",
     );
 }
 
@@ -138,7 +138,7 @@ fn check_seed_004_listing_02_global_service() {
     assert_prints(
         &["004-listing-02.yml"],
         "80/tcp -> 0.0.0.0:80 => my_website:80\n\
-         80/tcp -> [::]:80 => my_website:80  (IPv6: not served yet)\n",
+         80/tcp -> [::]:80 => my_website:80\n",
     );
 }
 
@@ -148,7 +148,7 @@ fn check_seed_004_listing_03_healthcheck_service() {
     assert_prints(
         &["004-listing-03.yml"],
         "5000/tcp -> 0.0.0.0:8212 => web:5000\n\
-         5000/tcp -> [::]:8212 => web:5000  (IPv6: not served yet)\n",
+         5000/tcp -> [::]:8212 => web:5000\n",
     );
 }
 
@@ -169,9 +169,9 @@ fn check_several_files_print_in_order() {
     assert_prints(
         &["004-listing-02.yml", "004-listing-03.yml"],
         "80/tcp -> 0.0.0.0:80 => my_website:80\n\
-         80/tcp -> [::]:80 => my_website:80  (IPv6: not served yet)\n\
+         80/tcp -> [::]:80 => my_website:80\n\
          5000/tcp -> 0.0.0.0:8212 => web:5000\n\
-         5000/tcp -> [::]:8212 => web:5000  (IPv6: not served yet)\n",
+         5000/tcp -> [::]:8212 => web:5000\n",
     );
 }
 
@@ -180,37 +180,37 @@ fn check_several_files_print_in_order() {
 fn check_compose_spec_examples() {
     let mut expected = String::from(
         "3000/tcp -> 0.0.0.0:0 => short:3000\n\
-         3000/tcp -> [::]:0 => short:3000  (IPv6: not served yet)\n",
+         3000/tcp -> [::]:0 => short:3000\n",
     );
     for port in 3000..=3005 {
         expected += &format!(
             "{port}/tcp -> 0.0.0.0:0 => short:{port}\n\
-             {port}/tcp -> [::]:0 => short:{port}  (IPv6: not served yet)\n"
+             {port}/tcp -> [::]:0 => short:{port}\n"
         );
     }
     expected += "\
 8000/tcp -> 0.0.0.0:8000 => short:8000
-8000/tcp -> [::]:8000 => short:8000  (IPv6: not served yet)
+8000/tcp -> [::]:8000 => short:8000
 8080/tcp -> 0.0.0.0:9090 => short:8080
-8080/tcp -> [::]:9090 => short:8080  (IPv6: not served yet)
+8080/tcp -> [::]:9090 => short:8080
 8081/tcp -> 0.0.0.0:9091 => short:8081
-8081/tcp -> [::]:9091 => short:8081  (IPv6: not served yet)
+8081/tcp -> [::]:9091 => short:8081
 22/tcp -> 0.0.0.0:49100 => short:22
-22/tcp -> [::]:49100 => short:22  (IPv6: not served yet)
+22/tcp -> [::]:49100 => short:22
 80/tcp -> 0.0.0.0:8000-9000 => short:80
-80/tcp -> [::]:8000-9000 => short:80  (IPv6: not served yet)
+80/tcp -> [::]:8000-9000 => short:80
 8001/tcp -> 127.0.0.1:8001 => short:8001
 ";
     for port in 5000..=5010 {
         expected += &format!("{port}/tcp -> 127.0.0.1:{port} => short:{port}\n");
     }
     expected += "\
-6000/tcp -> [::1]:6000 => short:6000  (IPv6: not served yet)
-6001/tcp -> [::1]:6001 => short:6001  (IPv6: not served yet)
+6000/tcp -> [::1]:6000 => short:6000
+6001/tcp -> [::1]:6001 => short:6001
 6060/udp -> 0.0.0.0:6060 => short:6060
-6060/udp -> [::]:6060 => short:6060  (IPv6: not served yet)
+6060/udp -> [::]:6060 => short:6060
 22/tcp -> 0.0.0.0:22 => short:22
-22/tcp -> [::]:22 => short:22  (IPv6: not served yet)
+22/tcp -> [::]:22 => short:22
 80/tcp -> 127.0.0.1:8080 => long:80
 443/tcp -> 127.0.0.1:8083-9000 => long:443
 ";
@@ -231,16 +231,16 @@ fn check_seed_run_specs() {
             "4000:80=172.17.0.3",
         ],
         "5000/tcp -> 0.0.0.0:5000\n\
-         5000/tcp -> [::]:5000  (IPv6: not served yet)\n\
+         5000/tcp -> [::]:5000\n\
          5000/tcp -> 0.0.0.0:80 => 172.17.0.2:5000\n\
-         5000/tcp -> [::]:80 => 172.17.0.2:5000  (IPv6: not served yet)\n\
+         5000/tcp -> [::]:80 => 172.17.0.2:5000  (the container has no IPv6 address)\n\
          5000/tcp -> 127.0.0.1:5001\n\
          5000/tcp -> 127.0.0.1:0\n\
          5000/udp -> 127.0.0.1:5000\n\
          80/tcp -> 0.0.0.0:1913 => friendlyhello:80\n\
-         80/tcp -> [::]:1913 => friendlyhello:80  (IPv6: not served yet)\n\
+         80/tcp -> [::]:1913 => friendlyhello:80\n\
          80/tcp -> 0.0.0.0:4000 => 172.17.0.3:80\n\
-         80/tcp -> [::]:4000 => 172.17.0.3:80  (IPv6: not served yet)\n",
+         80/tcp -> [::]:4000 => 172.17.0.3:80  (the container has no IPv6 address)\n",
     );
 }
 
@@ -351,7 +351,7 @@ fn check_json_bindings_shape() {
       "entry": "services.webapp-flet.ports[0]",
       "spec": "9999:8000",
       "served": false,
-      "limitation": "IPv6: not served yet"
+      "limitation": "the container has no IPv6 address"
     },
     {
       "container_port": 8080,
@@ -384,8 +384,8 @@ fn check_json_bindings_shape() {
       "source": "command line",
       "entry": null,
       "spec": "80-90:8080",
-      "served": false,
-      "limitation": "IPv6: not served yet"
+      "served": true,
+      "limitation": null
     }
   ],
   "errors": []

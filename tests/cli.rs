@@ -22,7 +22,7 @@ fn run_refused(args: &[&str]) -> Refused {
     let pin_dir = format!("/sys/fs/bpf/portmap-test/{}", ns.name());
     let mut full = vec!["run"];
     full.extend_from_slice(args);
-    full.extend(["--pin-dir", &pin_dir]);
+    full.extend(["--pin-dir", &pin_dir, "--no-cgroup"]);
     let out = portmap(&ns, &full).unwrap();
     let link = ns.exec("ip", &["-d", "link", "show", "ens160"]).unwrap();
     Refused {

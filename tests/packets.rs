@@ -53,7 +53,7 @@ fn dataplane_with(bindings: &[Binding]) -> Dataplane {
     };
     dataplane.publish(bindings, &bridge).expect("publishing");
     dataplane
-        .set_local_addrs(&[HOST, HOST_2])
+        .set_local_addrs(&[HOST.into(), HOST_2.into()])
         .expect("local addresses");
     dataplane
 }
@@ -119,7 +119,7 @@ fn xdp_v4_tcp_rewrites_dst_when_bound() {
     let stats = dp.binding_stats(0).unwrap();
     assert_eq!(stats.to_container_packets, 1);
     assert_eq!(stats.to_container_bytes, syn.frame().len() as u64);
-    let flows = dp.flows().unwrap();
+    let flows = dp.flows_v4().unwrap();
     assert_eq!(flows.len(), 1, "one flow recorded");
     let (key, flow) = flows[0];
     assert_eq!(
@@ -507,7 +507,7 @@ fn tc_uplink_v4_tcp_rewrites_dst_and_redirects_when_bound() {
     assert!(seen.ip_check_ok, "IPv4 checksum");
     assert!(seen.l4_check_ok, "TCP checksum {:#06x}", seen.l4_check);
     assert_eq!(count(&dp, Reason::UplinkTranslated), 1);
-    assert_eq!(dp.flows().unwrap().len(), 1, "flow recorded");
+    assert_eq!(dp.flows_v4().unwrap().len(), 1, "flow recorded");
     assert_eq!(dp.binding_stats(0).unwrap().to_container_packets, 1);
 }
 
@@ -588,7 +588,7 @@ fn tc_reply_v4_udp_passes_when_its_binding_was_removed() {
     );
     dp.remove(&[0]).expect("removing the binding");
     assert_eq!(
-        dp.flows().unwrap().len(),
+        dp.flows_v4().unwrap().len(),
         1,
         "the flow is still in the table"
     );
@@ -597,7 +597,7 @@ fn tc_reply_v4_udp_passes_when_its_binding_was_removed() {
     assert_eq!(ran.frame, answer, "not translated");
     assert_eq!(count(&dp, Reason::ReplyPassNoFlow), 1);
     assert_eq!(dp.sweep_flows().unwrap(), 1, "the sweep clears it");
-    assert!(dp.flows().unwrap().is_empty());
+    assert!(dp.flows_v4().unwrap().is_empty());
 }
 
 // A binding re-published on a reused id gets a new generation: the old binding's flows stay

@@ -26,10 +26,10 @@ pub struct PathCost {
 
 fn binding(host_ip: Option<Ipv4Addr>, host_port: u16, to: SocketAddrV4) -> Binding {
     Binding {
-        host_ip,
+        host_ip: host_ip.map(Into::into),
         host_port,
         proto: Proto::Tcp,
-        container: to,
+        container: to.into(),
         origin: format!("{host_port}"),
     }
 }
@@ -43,7 +43,8 @@ fn loaded(mut bindings: Vec<Binding>, local: &[Ipv4Addr]) -> anyhow::Result<Data
         index: 42,
     };
     dataplane.publish(&bindings, &bridge)?;
-    dataplane.set_local_addrs(local)?;
+    let local: Vec<std::net::IpAddr> = local.iter().map(|a| (*a).into()).collect();
+    dataplane.set_local_addrs(&local)?;
     Ok(dataplane)
 }
 

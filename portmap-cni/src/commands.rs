@@ -316,6 +316,7 @@ fn launch<'a>(conf: &'a NetConf, wanted: &'a Wanted) -> Result<Launch<'a>, CniEr
         bridge: &wanted.bridge,
         hook: conf.hook,
         state_dir: &conf.state_dir,
+        cgroup: conf.cgroup.as_ref(),
     })
 }
 

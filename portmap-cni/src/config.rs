@@ -26,6 +26,13 @@ pub const DEFAULT_STATE_DIR: &str = "/run/portmap/cni";
 /// Where instances pin their maps unless `pinDir` says otherwise: one per uplink.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/portmap";
 
+/// `"cgroup"`: a cgroup v2 directory, or `"none"` to leave the node's own connections alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cgroup {
+    Dir(PathBuf),
+    None,
+}
+
 /// The uplink's translation hook for an instance this plugin starts (`portmap run --hook`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -58,6 +65,9 @@ pub struct NetConf {
     pub portmap_binary: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     pub state_dir: PathBuf,
+    /// Where the instance translates the node's own connections to host ports (`portmap run
+    /// --cgroup`); `None`: portmap's default, the cgroup v2 root.
+    pub cgroup: Option<Cgroup>,
     pub hook: Hook,
     pub mappings: Vec<PortMapping>,
     /// The previous plugin's result, passed through on ADD.
@@ -163,6 +173,11 @@ pub fn parse(stdin: &[u8], strictness: Strictness) -> Result<NetConf, CniError> 
         portmap_binary: opt_path(&obj, "portmapBinary")?,
         pin_dir: opt_path(&obj, "pinDir")?,
         state_dir: opt_path(&obj, "stateDir")?.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        cgroup: match opt_str(&obj, "cgroup")?.as_deref() {
+            None => None,
+            Some("none") => Some(Cgroup::None),
+            Some(_) => opt_path(&obj, "cgroup")?.map(Cgroup::Dir),
+        },
         hook,
         mappings: match strictness {
             Strictness::Strict => port_mappings(&obj)?,

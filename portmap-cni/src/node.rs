@@ -20,7 +20,7 @@ use std::{
 use portmap_user::control::{self, InstancePaths, Request, Response};
 
 use crate::{
-    config::Hook,
+    config::{Cgroup, Hook},
     error::{CniError, code},
     state,
 };
@@ -89,6 +89,7 @@ pub struct Launch<'a> {
     pub bridge: &'a str,
     pub hook: Hook,
     pub state_dir: &'a Path,
+    pub cgroup: Option<&'a Cgroup>,
 }
 
 /// Whether an instance serves at `paths`: something accepts on its socket. A socket file with
@@ -171,6 +172,15 @@ pub fn start(paths: &InstancePaths, launch: &Launch<'_>) -> Result<(), CniError>
         .args(["run", "--iface", launch.uplink, "--bridge", launch.bridge])
         .arg("--pin-dir")
         .arg(&paths.pin_dir);
+    match launch.cgroup {
+        None => {}
+        Some(Cgroup::None) => {
+            command.arg("--no-cgroup");
+        }
+        Some(Cgroup::Dir(dir)) => {
+            command.arg("--cgroup").arg(dir);
+        }
+    }
     match launch.hook {
         Hook::Xdp { skb: false } => {}
         Hook::Xdp { skb: true } => {

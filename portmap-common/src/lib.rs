@@ -20,6 +20,10 @@ pub mod globals {
     /// `u32`, 1 when the kernel's `bpf_redirect_neigh` takes a next hop (5.11 and later);
     /// 0 makes the programs let the kernel look the route up instead.
     pub const NEXTHOP_PARAMS: &str = "NEXTHOP_PARAMS";
+    /// `u64`, the cookie of the network namespace portmap serves: the socket programs leave
+    /// sockets of other namespaces alone (a cgroup spans namespaces). 0 matches every one,
+    /// for kernels that cannot tell the loader its cookie (before 5.14).
+    pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
 }
 
 /// IP protocol numbers as they appear in the IPv4 `protocol` / IPv6 `next header` field.

@@ -34,8 +34,17 @@ pub mod names {
     /// a hairpin connection gets.
     pub const BRIDGES: &str = "BRIDGES";
 
+    /// `LruHashMap<SockKeyV4, SockOrigV4>`: for each host socket whose connect or send was
+    /// translated, the published address it used, by the container it went to; what
+    /// `recvmsg` and `getpeername` show the process instead.
+    pub const SOCK_REVNAT_V4: &str = "SOCK_REVNAT_V4";
+    /// `LruHashMap<SockKeyV6, SockOrigV6>`: the same for IPv6.
+    pub const SOCK_REVNAT_V6: &str = "SOCK_REVNAT_V6";
+
     /// Every map the loader expects to find.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
+        SOCK_REVNAT_V4,
+        SOCK_REVNAT_V6,
         BRIDGES,
         BINDINGS_V4,
         BINDINGS_V6,
@@ -60,7 +69,50 @@ pub mod programs {
     /// TC ingress on the bridge: container replies get host_ip:host_port back as source.
     pub const TC_REPLY: &str = "tc_reply";
 
-    pub const ALL: [&str; 4] = [XDP_UPLINK, TC_FORWARD, TC_UPLINK, TC_REPLY];
+    /// Cgroup socket hooks: a host process's connect or send to a published port goes to the
+    /// container instead, and what it reads back shows the published address.
+    pub const CONNECT4: &str = "sock_connect4";
+    pub const CONNECT6: &str = "sock_connect6";
+    pub const SENDMSG4: &str = "sock_sendmsg4";
+    pub const SENDMSG6: &str = "sock_sendmsg6";
+    pub const RECVMSG4: &str = "sock_recvmsg4";
+    pub const RECVMSG6: &str = "sock_recvmsg6";
+    pub const GETPEERNAME4: &str = "sock_getpeername4";
+    pub const GETPEERNAME6: &str = "sock_getpeername6";
+
+    /// Never attached: the loader runs it to read the kernel's jiffies, which flows are
+    /// stamped with.
+    pub const CLOCK: &str = "clock";
+
+    /// The packet programs.
+    pub const PACKET: [&str; 4] = [XDP_UPLINK, TC_FORWARD, TC_UPLINK, TC_REPLY];
+    /// The socket programs.
+    pub const SOCKET: [&str; 8] = [
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        RECVMSG4,
+        RECVMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+    ];
+    /// Every program.
+    pub const ALL: [&str; 13] = [
+        CLOCK,
+        XDP_UPLINK,
+        TC_FORWARD,
+        TC_UPLINK,
+        TC_REPLY,
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        RECVMSG4,
+        RECVMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+    ];
 }
 
 /// Published ports the kernel can count, each with its own per-CPU counter slot. Docker hosts
@@ -81,6 +133,11 @@ pub const MAX_FRAGS: u32 = 8_192;
 
 /// Bridges the loader can describe to the programs.
 pub const MAX_BRIDGES: u32 = 256;
+
+/// Host sockets whose translated destination is remembered, per family; an LRU, so a host with
+/// more live translated sockets than this forgets the oldest (their `getpeername` then shows
+/// the container).
+pub const MAX_SOCKS: u32 = 65_536;
 
 /// A bridge's own addresses: the value of [`names::BRIDGES`].
 #[repr(C, align(4))]
@@ -225,6 +282,34 @@ pub const FRAG_DST: u8 = 0;
 /// [`FragTarget::side`]: a container's reply, whose source becomes the host address.
 pub const FRAG_SRC: u8 = 1;
 
+/// A host socket and the container a connect or send of it was sent to: the key of a socket
+/// reverse map.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey<const N: usize> {
+    /// The socket's cookie (`bpf_get_socket_cookie`), its native bytes.
+    pub cookie: [u8; 8],
+    /// The container, network byte order.
+    pub addr: Addr<N>,
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// What the process asked for: the value of a socket reverse map.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOrig<const N: usize> {
+    /// The published address the process used, network byte order.
+    pub addr: Addr<N>,
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+pub type SockKeyV4 = SockKey<V4>;
+pub type SockKeyV6 = SockKey<V6>;
+pub type SockOrigV4 = SockOrig<V4>;
+pub type SockOrigV6 = SockOrig<V6>;
+
 pub type BindingKeyV4 = BindingKey<V4>;
 pub type BindingKeyV6 = BindingKey<V6>;
 pub type BindingV4 = BindingTarget<V4>;
@@ -304,6 +389,10 @@ const _: () = assert!(size_of::<FragV6>() == 28);
 const _: () = assert!(size_of::<BindingStats>() == 32);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<BridgeAddrs>() == 24);
+const _: () = assert!(size_of::<SockKeyV4>() == 16);
+const _: () = assert!(size_of::<SockKeyV6>() == 28);
+const _: () = assert!(size_of::<SockOrigV4>() == 8);
+const _: () = assert!(size_of::<SockOrigV6>() == 20);
 
 impl<const N: usize> BindingKey<N> {
     /// Whichever of two keys has the lower address.
@@ -376,6 +465,8 @@ zeroed_default! {
     }
     FragKey { src: Addr([0; N]), dst: Addr([0; N]), id: [0; 4], proto: 0, _pad: [0; 3] }
     FragTarget { addr: Addr([0; N]), side: 0, _pad: [0; 3], ifindex: 0, binding_id: 0 }
+    SockKey { cookie: [0; 8], addr: Addr([0; N]), port: [0; 2], _pad: [0; 2] }
+    SockOrig { addr: Addr([0; N]), port: [0; 2], _pad: [0; 2] }
 }
 
 #[cfg(feature = "user")]
@@ -409,7 +500,9 @@ mod pod {
         FlowKey,
         FlowState,
         FragKey,
-        FragTarget
+        FragTarget,
+        SockKey,
+        SockOrig
     );
 
     // SAFETY: see above.

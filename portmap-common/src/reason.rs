@@ -28,7 +28,7 @@ reasons! {
     /// A client packet hit a binding and was rewritten toward the container (by whichever hook
     /// translates on the uplink: `xdp_uplink` or `tc_uplink`).
     UplinkTranslated = "uplink.translated",
-    /// IPv4 TCP/UDP to an address and port that no binding publishes.
+    /// TCP/UDP to an address and port that no binding publishes.
     UplinkPassNoBinding = "uplink.pass.no_binding",
     /// Not IP at all: ARP, LLDP, ...
     UplinkPassNotIp = "uplink.pass.not_ip",
@@ -77,6 +77,16 @@ reasons! {
     /// A kernel helper refused to rewrite the packet; it was dropped rather than leak the
     /// container's address.
     ReplyDropWriteFailed = "tc_reply.drop.write_failed",
+    /// A process of the host connected (or sent a datagram) to a published port: the socket
+    /// now goes to the container (cgroup `connect`/`sendmsg`).
+    SockTranslated = "sock.translated",
+    /// A connect or send to an address and port no binding publishes.
+    SockPassNoBinding = "sock.pass.no_binding",
+    /// A socket of another network namespace than the one portmap serves: left alone.
+    SockPassOtherNetns = "sock.pass.other_netns",
+    /// A datagram's source or a socket's peer shown to the process as the published address
+    /// it used rather than the container's (cgroup `recvmsg`/`getpeername`).
+    SockRestored = "sock.restored",
 }
 
 /// How many reasons there are: the size of [`crate::names::REASON_STATS`].

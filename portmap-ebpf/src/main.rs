@@ -22,6 +22,7 @@ mod maps;
 mod parse;
 mod redirect;
 mod rewrite;
+mod sock;
 mod stats;
 mod tc_forward;
 mod tc_reply;
@@ -30,8 +31,8 @@ mod translate;
 mod xdp_uplink;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 #[xdp]
@@ -60,6 +61,68 @@ pub fn tc_reply(ctx: TcContext) -> i32 {
     let verdict = tc_reply::run(&ctx);
     stats::count(verdict.reason);
     verdict.action
+}
+
+/// Never attached: run by the loader (`BPF_PROG_TEST_RUN`) to read the kernel's jiffies, the
+/// clock flows are stamped with, so that it can tell how long each has been idle.
+#[xdp]
+pub fn clock(_ctx: XdpContext) -> u32 {
+    // SAFETY: no arguments, no side effects.
+    unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() as u32 }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    counted(sock::connect4(&ctx))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    counted(sock::connect6(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    counted(sock::connect4(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    counted(sock::connect6(&ctx))
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    counted_if(sock::restore4(&ctx))
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    counted_if(sock::restore6(&ctx))
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    counted_if(sock::restore4(&ctx))
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    counted_if(sock::restore6(&ctx))
+}
+
+#[inline(always)]
+fn counted((reason, verdict): (portmap_common::Reason, i32)) -> i32 {
+    stats::count(reason);
+    verdict
+}
+
+#[inline(always)]
+fn counted_if((reason, verdict): (Option<portmap_common::Reason>, i32)) -> i32 {
+    if let Some(reason) = reason {
+        stats::count(reason);
+    }
+    verdict
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use portmap_common::{
     BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget,
-    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FLOWS, MAX_FRAGS, V4, V6,
-    reason::REASON_COUNT,
+    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FLOWS, MAX_FRAGS, MAX_SOCKS, SockKey,
+    SockOrig, V4, V6, reason::REASON_COUNT,
 };
 
 /// Published ports. Not preallocated, so that an entry replaced while a packet reads it is
@@ -50,3 +50,11 @@ pub static BINDING_GEN: Array<u32> = Array::with_max_entries(MAX_BINDINGS, 0);
 #[map]
 pub static BRIDGES: HashMap<u32, BridgeAddrs> =
     HashMap::with_max_entries(MAX_BRIDGES, BPF_F_NO_PREALLOC);
+
+/// Host sockets the socket programs pointed at a container: what the process asked for.
+#[map]
+pub static SOCK_REVNAT_V4: LruHashMap<SockKey<V4>, SockOrig<V4>> =
+    LruHashMap::with_max_entries(MAX_SOCKS, 0);
+#[map]
+pub static SOCK_REVNAT_V6: LruHashMap<SockKey<V6>, SockOrig<V6>> =
+    LruHashMap::with_max_entries(MAX_SOCKS, 0);

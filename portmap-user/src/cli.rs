@@ -2,7 +2,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -14,9 +13,9 @@ use serde::Serialize;
 use crate::{
     client,
     compose::{self, ComposeError, LoadError},
-    dataplane::UplinkHook,
+    dataplane::{FlowTimeouts, UplinkHook},
     docker::DockerHost,
-    netdev::{self, Interface},
+    netdev::{HostAddrs, Interface},
     plan::{self, Endpoint, Plan, PlanError, PortPool, Request, Source, StaticAddrs},
     spec::{ContainerAddr, HostPort, Publish, SpecArg, SpecError, Target},
 };
@@ -156,6 +155,58 @@ pub struct RunArgs {
     /// The engine's socket [default: $DOCKER_HOST, else unix:///var/run/docker.sock].
     #[arg(long, value_name = "unix:///PATH", requires = "docker")]
     pub docker_host: Option<String>,
+
+    /// The cgroup (v2) whose processes' connections to published ports are translated at the
+    /// socket: `localhost:PORT`, `0.0.0.0:PORT`, the host's own address. Only sockets of this
+    /// network namespace are touched (Linux 5.14 or later). [default: the cgroup v2 root]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cgroup")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Leave the host's own connections alone (no cgroup programs).
+    #[arg(long)]
+    pub no_cgroup: bool,
+
+    /// How long a UDP flow may be idle before it is forgotten (its replies are then not
+    /// translated): `120s`, `5m`, `1h`.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub udp_timeout: std::time::Duration,
+
+    /// How long an established TCP flow may be idle before it is forgotten.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub tcp_timeout: std::time::Duration,
+
+    /// How long a TCP flow is kept after a FIN or RST.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub tcp_close_timeout: std::time::Duration,
+}
+
+/// `90`, `90s`, `5m`, `2h`, `1d`: a whole number of seconds, minutes, hours or days.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: the unit is s, m, h or d (e.g. 120s, 5m)"
+            ));
+        }
+    };
+    let count: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a whole number then a unit, e.g. 120s"))?;
+    if count == 0 {
+        return Err(format!("{text:?}: a timeout must be longer than zero"));
+    }
+    count
+        .checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -345,13 +396,17 @@ pub struct RunConfig {
     pub uplink: Interface,
     pub bridge: Interface,
     pub plan: Plan,
-    pub local_addrs: Vec<Ipv4Addr>,
+    /// The host's addresses when `run` started (kept current while it serves).
+    pub host_addrs: HostAddrs,
     pub hook: UplinkHook,
     pub pin_dir: PathBuf,
     /// `--container` addresses, kept for services named by later `portmap add`s.
     pub containers: Vec<ContainerAddr>,
     /// `--docker`: the engine to follow.
     pub docker: Option<DockerHost>,
+    /// Where the socket programs go; `None` with `--no-cgroup`.
+    pub cgroup: Option<PathBuf>,
+    pub timeouts: FlowTimeouts,
 }
 
 impl RunConfig {
@@ -368,6 +423,11 @@ impl RunConfig {
             pin_dir,
             docker,
             docker_host,
+            cgroup,
+            no_cgroup,
+            udp_timeout,
+            tcp_timeout,
+            tcp_close_timeout,
         } = args;
         let docker = match (docker, docker_host) {
             (false, _) => None,
@@ -378,6 +438,26 @@ impl RunConfig {
             (true, None) => {
                 Some(DockerHost::from_env().map_err(|e| Failure::BadInput(anyhow!(e)))?)
             }
+        };
+        let cgroup = match (no_cgroup, cgroup) {
+            (true, _) => None,
+            (false, Some(dir)) => Some(dir),
+            (false, None) => match crate::cgroup::v2_root() {
+                Some(root) => Some(root),
+                None => {
+                    log::warn!(
+                        "no cgroup v2 hierarchy is mounted: the host's own connections to \
+                         published ports are not translated (give --cgroup DIR, or --no-cgroup \
+                         to silence this)"
+                    );
+                    None
+                }
+            },
+        };
+        let timeouts = FlowTimeouts {
+            udp: udp_timeout,
+            tcp: tcp_timeout,
+            tcp_closing: tcp_close_timeout,
         };
         let hook = match (hook, xdp_mode) {
             (HookArg::Xdp, mode) => UplinkHook::Xdp(mode.unwrap_or(XdpModeArg::Driver).into()),
@@ -411,7 +491,8 @@ impl RunConfig {
                 "nothing to publish: the compose files list no ports"
             )));
         }
-        // The IPv6 twins of wildcard specs: Docker would publish them, the dataplane cannot yet.
+        // Twins of wildcard specs in a family the container has no address of: Docker would
+        // publish them (through its proxy); a translation cannot cross families.
         let twins: Vec<String> = plan
             .unserved()
             .map(|e| {
@@ -430,7 +511,7 @@ impl RunConfig {
             if more > 0 {
                 listed.push_str(&format!(" and {more} more"));
             }
-            log::info!("IPv6 not served yet, left out: {listed}");
+            log::info!("not published, the container has no address of that family: {listed}");
         }
         let interfaces = || -> anyhow::Result<_> {
             let uplink = Interface::by_name(&iface).context("--iface")?;
@@ -441,18 +522,20 @@ impl RunConfig {
                     uplink.name
                 );
             }
-            Ok((uplink, bridge, netdev::local_ipv4_addrs()?))
+            Ok((uplink, bridge, HostAddrs::read()?))
         };
-        let (uplink, bridge, local_addrs) = interfaces().map_err(Failure::BadInput)?;
+        let (uplink, bridge, host_addrs) = interfaces().map_err(Failure::BadInput)?;
         Ok(Self {
             pin_dir: pin_dir.unwrap_or_else(|| default_pin_dir(&uplink.name)),
             uplink,
             bridge,
             plan,
-            local_addrs,
+            host_addrs,
             hook,
             containers,
             docker,
+            cgroup,
+            timeouts,
         })
     }
 }

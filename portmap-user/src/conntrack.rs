@@ -19,7 +19,7 @@ use std::{
     collections::HashSet,
     io,
     mem::size_of,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -77,13 +77,22 @@ struct Tuple {
 /// # Errors
 ///
 /// When ctnetlink cannot be reached or answers with an error.
-pub fn release(bindings: &[Binding], local_addrs: &[Ipv4Addr]) -> io::Result<usize> {
+pub fn release(bindings: &[Binding], local_addrs: &[IpAddr]) -> io::Result<usize> {
+    let local_v4: Vec<Ipv4Addr> = local_addrs
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    // IPv4 only: Docker's own IPv6 path is its proxy, which conntrack does not carry.
     let wanted: HashSet<(Ipv4Addr, u16)> = bindings
         .iter()
-        .filter(|b| b.proto == Proto::Tcp)
+        .filter(|b| b.proto == Proto::Tcp && !b.is_ipv6())
         .flat_map(|b| match b.host_ip {
-            Some(ip) => vec![(ip, b.host_port)],
-            None => local_addrs.iter().map(|ip| (*ip, b.host_port)).collect(),
+            Some(IpAddr::V4(ip)) => vec![(ip, b.host_port)],
+            Some(IpAddr::V6(_)) => vec![],
+            None => local_v4.iter().map(|ip| (*ip, b.host_port)).collect(),
         })
         .collect();
     if wanted.is_empty() {

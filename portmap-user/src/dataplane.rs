@@ -1,24 +1,34 @@
 //! The dataplane handle: load the eBPF object, fill its maps, attach its programs, pin its maps
 //! for other `portmap` commands, and read its counters.
 
-use std::{collections::HashMap as StdHashMap, fs, io, net::Ipv4Addr, path::Path};
+use std::{
+    collections::HashMap as StdHashMap,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        TestRun as _, TestRunOptions, Xdp, XdpMode,
         tc::{self, TcError},
     },
     util::{KernelVersion, nr_cpus},
 };
 use portmap_common::{
-    BindingKeyV4, BindingStats, BindingV4, FlowKeyV4, FlowV4, MAX_BINDINGS, Reason, globals, names,
-    programs,
+    Addr, BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowKeyV4, FlowKeyV6,
+    FlowState, FlowV4, FlowV6, MAX_BINDINGS, Reason, globals, names, programs,
 };
 
-use crate::{netdev::Interface, plan::Binding};
+use crate::{
+    netdev::{HostAddrs, Interface},
+    plan::Binding,
+};
 
 /// The eBPF object, built by `build.rs` from `portmap-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
@@ -29,14 +39,42 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// What is published, with counter slots.
     published: Vec<Published>,
-    /// The local addresses wildcard bindings are currently expanded to.
-    local_addrs: Vec<Ipv4Addr>,
+    /// The host's addresses: the local ones wildcard bindings are expanded to, and each
+    /// bridge's own, which hairpinned connections get as source.
+    addrs: HostAddrs,
     /// Bridges bindings send to, each with `tc_reply` once attached.
     bridges: Vec<Interface>,
     /// Whether the programs are attached: from then on, a new bridge gets `tc_reply` at once.
     attached: bool,
     /// Binding ids: handed out from `next_id` up, reused once released.
     ids: IdPool,
+    /// The cookie of the network namespace served, which the socket programs compare; `None`
+    /// where the kernel cannot tell it (before 5.14).
+    netns_cookie: Option<u64>,
+}
+
+/// How long an idle flow is remembered, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// UDP: no datagram either way for this long ends the flow.
+    pub udp: std::time::Duration,
+    /// Established TCP.
+    pub tcp: std::time::Duration,
+    /// TCP after a FIN or RST.
+    pub tcp_closing: std::time::Duration,
+}
+
+impl Default for FlowTimeouts {
+    /// UDP 120 s and closing TCP 10 s, as conntrack's `udp_timeout_stream` and Cilium's close
+    /// timeout; established TCP a day (conntrack keeps it five; a day bounds what a client
+    /// that vanished without a FIN keeps in the table).
+    fn default() -> Self {
+        Self {
+            udp: std::time::Duration::from_secs(120),
+            tcp: std::time::Duration::from_secs(86_400),
+            tcp_closing: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// Binding ids and their generations.
@@ -97,15 +135,15 @@ pub struct Published {
     pub bridge: Interface,
 }
 
-/// The kernel's binding entries for `published`: a specific binding is one key, a wildcard one
-/// key per local address, except where a specific binding holds that address and port (the
-/// planner refuses such overlaps, as Docker does; should one get here, the specific one wins,
-/// as an exact lookup would have it).
-pub fn binding_entries(
+/// The kernel's binding entries of one family (`N` is its address length) for `published`: a
+/// specific binding is one key, a wildcard one key per local address of its family, except
+/// where a specific binding holds that address and port (the planner refuses such overlaps, as
+/// Docker does; should one get here, the specific one wins, as an exact lookup would have it).
+pub fn binding_entries<const N: usize>(
     published: &[Published],
-    local_addrs: &[Ipv4Addr],
-) -> StdHashMap<BindingKeyV4, BindingV4> {
-    let entry_of = |published: &Published, addr: Ipv4Addr| {
+    local_addrs: &[IpAddr],
+) -> StdHashMap<BindingKey<N>, BindingTarget<N>> {
+    let entry_of = |published: &Published, addr: [u8; N]| {
         let Binding {
             host_ip: _,
             host_port,
@@ -113,10 +151,11 @@ pub fn binding_entries(
             container,
             origin: _,
         } = &published.binding;
+        let container_ip = octets::<N>(container.ip()).expect("filtered on the family");
         (
-            BindingKeyV4::new(addr.octets(), *host_port, proto.number()),
-            BindingV4::new(
-                container.ip().octets(),
+            BindingKey::new(addr, *host_port, proto.number()),
+            BindingTarget::new(
+                container_ip,
                 container.port(),
                 published.id,
                 published.bridge.index,
@@ -124,19 +163,44 @@ pub fn binding_entries(
             ),
         )
     };
+    let of_family = published
+        .iter()
+        .filter(|p| octets::<N>(p.binding.container.ip()).is_some());
     let (specific, wildcard): (Vec<&Published>, Vec<&Published>) =
-        published.iter().partition(|p| p.binding.host_ip.is_some());
+        of_family.partition(|p| p.binding.host_ip.is_some());
+    let local: Vec<[u8; N]> = local_addrs.iter().filter_map(|a| octets::<N>(*a)).collect();
     let mut entries = StdHashMap::new();
     for published in wildcard {
-        entries.extend(local_addrs.iter().map(|addr| entry_of(published, *addr)));
+        entries.extend(local.iter().map(|addr| entry_of(published, *addr)));
     }
     // Inserted last, so a specific binding replaces a wildcard's key for its address.
     for published in specific {
-        let addr = published.binding.host_ip.expect("partitioned on host_ip");
+        let host_ip = published.binding.host_ip.expect("partitioned on host_ip");
+        let addr = octets::<N>(host_ip).expect("the planner keeps one family per binding");
         let (key, value) = entry_of(published, addr);
         entries.insert(key, value);
     }
     entries
+}
+
+/// The bytes of `ip` if it is of the family whose addresses are `N` bytes long.
+fn octets<const N: usize>(ip: IpAddr) -> Option<[u8; N]> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().as_slice().try_into().ok(),
+        IpAddr::V6(v6) => v6.octets().as_slice().try_into().ok(),
+    }
+}
+
+/// An address from map bytes of either length.
+fn ip_of<const N: usize>(addr: &Addr<N>) -> IpAddr {
+    match N {
+        4 => IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&addr.0[..]).expect("N is 4"),
+        )),
+        _ => IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&addr.0[..]).expect("N is 16"),
+        )),
+    }
 }
 
 impl Dataplane {
@@ -150,11 +214,13 @@ impl Dataplane {
         // bpf_redirect_neigh took a next hop from 5.11 (commit ba452c9e996d).
         let nexthop_params =
             u32::from(KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)));
+        let netns_cookie = netns_cookie();
         let mut ebpf = EbpfLoader::new()
             // The programs use no CO-RE relocations, so the kernel's BTF is not needed; parsing
             // it would add ~40 ms to every start.
             .btf(None)
             .override_global(globals::NEXTHOP_PARAMS, &nexthop_params, true)
+            .override_global(globals::NETNS_COOKIE, &netns_cookie.unwrap_or(0), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object's maps")?;
         for name in programs::ALL {
@@ -164,6 +230,7 @@ impl Dataplane {
             let loaded = match program {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 other => bail!(
                     "program {name:?} has unexpected type {:?}",
                     other.prog_type()
@@ -174,11 +241,96 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             published: Vec::new(),
-            local_addrs: Vec::new(),
+            addrs: HostAddrs::default(),
             bridges: Vec::new(),
             attached: false,
             ids: IdPool::default(),
+            netns_cookie,
         })
+    }
+
+    /// Attaches the socket programs to the cgroup (v2) at `cgroup`: its processes' connects and
+    /// sends to published ports go to the containers, in this network namespace only. Beside
+    /// any programs already there. Detached when `self` is dropped.
+    ///
+    /// # Errors
+    ///
+    /// When the kernel cannot tell this namespace's cookie (before 5.14: the programs would
+    /// translate in every namespace of the cgroup), `cgroup` is not a cgroup v2 directory, or
+    /// an attach fails.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        if self.netns_cookie.is_none() {
+            bail!(
+                "this kernel cannot tell a network namespace's cookie (SO_NETNS_COOKIE, 5.14), \
+                 so host-local connections would be translated in every namespace of {}",
+                cgroup.display()
+            );
+        }
+        let dir = fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in programs::SOCKET {
+            let program: &mut CgroupSockAddr = self.program(name)?;
+            // Attached as a bpf_link (5.7 and later; 5.14 is needed anyway), which always
+            // runs beside other programs of the cgroup and takes no mode flag: `Single` is
+            // the one that passes none.
+            program
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's jiffies (their low 32 bits), the clock flows are stamped with.
+    ///
+    /// # Errors
+    ///
+    /// When the clock program cannot be run.
+    pub fn jiffies(&mut self) -> anyhow::Result<u32> {
+        let program: &mut Xdp = self.program(programs::CLOCK)?;
+        // The smallest frame a test run takes: an Ethernet header.
+        let frame = [0u8; 14];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        let ran = program
+            .test_run(opts)
+            .context("reading the kernel's jiffies")?;
+        Ok(ran.return_value)
+    }
+
+    /// Deletes the flows whose binding is gone or re-pointed, and those idle longer than
+    /// `timeouts` at `hz` jiffies a second; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// When the maps cannot be read.
+    pub fn expire_flows(&mut self, timeouts: &FlowTimeouts, hz: u32) -> anyhow::Result<usize> {
+        let now = self.jiffies()?;
+        let live: StdHashMap<u32, u32> = self
+            .published
+            .iter()
+            .map(|p| (p.id, p.generation))
+            .collect();
+        let limit = |d: std::time::Duration| {
+            u32::try_from(d.as_secs().saturating_mul(u64::from(hz))).unwrap_or(u32::MAX / 2)
+        };
+        let (udp, tcp, closing) = (
+            limit(timeouts.udp),
+            limit(timeouts.tcp),
+            limit(timeouts.tcp_closing),
+        );
+        let expired = |proto: u8, flags: u8, seen: u32, binding: u32, generation: u32| {
+            let idle = now.wrapping_sub(seen);
+            let timeout = match proto {
+                _ if flags & portmap_common::FLOW_CLOSING != 0 => closing,
+                portmap_common::proto::TCP => tcp,
+                _ => udp,
+            };
+            // A `seen` a little ahead of `now` (another CPU stamped it meanwhile) wraps to a
+            // huge idle time: only ages under half the clock's range count.
+            live.get(&binding) != Some(&generation) || (idle > timeout && idle < u32::MAX / 2)
+        };
+        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, &expired)?
+            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, &expired)?)
     }
 
     /// The loaded object, for tests that run its programs directly.
@@ -187,8 +339,8 @@ impl Dataplane {
     }
 
     /// Publishes `bindings` toward `bridge`, all or nothing: the first publication of a
-    /// dataplane. Wildcard bindings cover the addresses of the last
-    /// [`Dataplane::set_local_addrs`].
+    /// dataplane. Wildcard bindings cover the local addresses of the last
+    /// [`Dataplane::set_host_addrs`].
     ///
     /// # Errors
     ///
@@ -258,9 +410,8 @@ impl Dataplane {
         }
         let mut all = self.published.clone();
         all.extend(added.iter().cloned());
-        let before = binding_entries(&self.published, &self.local_addrs);
-        let after = binding_entries(&all, &self.local_addrs);
-        self.apply_entries(&before, &after)
+        let local = self.addrs.local();
+        self.apply_bindings(&self.published.clone(), &all, &local, &local)
     }
 
     /// Withdraws the bindings with these ids. Their kernel entries go first, so no new packet is
@@ -277,9 +428,8 @@ impl Dataplane {
             .iter()
             .cloned()
             .partition(|p| ids.contains(&p.id));
-        let before = binding_entries(&self.published, &self.local_addrs);
-        let after = binding_entries(&kept, &self.local_addrs);
-        self.apply_entries(&before, &after)?;
+        let local = self.addrs.local();
+        self.apply_bindings(&self.published.clone(), &kept, &local, &local)?;
         self.published = kept;
         let mut gens: Array<_, u32> =
             typed(self.ebpf.map_mut(names::BINDING_GEN), names::BINDING_GEN)?;
@@ -303,19 +453,11 @@ impl Dataplane {
             .iter()
             .map(|p| (p.id, p.generation))
             .collect();
-        let mut flows: HashMap<_, FlowKeyV4, FlowV4> =
-            typed(self.ebpf.map_mut(names::FLOWS_V4), names::FLOWS_V4)?;
-        let dead: Vec<FlowKeyV4> = flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, flow)| live.get(&flow.binding_id) != Some(&flow.generation))
-            .map(|(key, _)| key)
-            .collect();
-        for key in &dead {
-            // A flow the LRU evicted meanwhile is already gone.
-            let _ = flows.remove(key);
-        }
-        Ok(dead.len())
+        let dead = |_: u8, _: u8, _: u32, binding: u32, generation: u32| {
+            live.get(&binding) != Some(&generation)
+        };
+        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, &dead)?
+            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, &dead)?)
     }
 
     /// What is published now.
@@ -323,31 +465,82 @@ impl Dataplane {
         &self.published
     }
 
-    /// Sets the local addresses wildcard bindings cover, adding and removing only the kernel
-    /// entries that change.
+    /// Takes in the host's addresses: wildcard bindings cover its local ones (only the kernel
+    /// entries that change are written), and each served bridge's own are what hairpinned
+    /// connections get as source.
     ///
     /// # Errors
     ///
     /// When a map write fails; the previous addresses then stay in force.
-    pub fn set_local_addrs(&mut self, addrs: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let before = binding_entries(&self.published, &self.local_addrs);
-        let after = binding_entries(&self.published, addrs);
-        self.apply_entries(&before, &after)?;
-        self.local_addrs = addrs.to_vec();
+    pub fn set_host_addrs(&mut self, addrs: HostAddrs) -> anyhow::Result<()> {
+        let published = self.published.clone();
+        self.apply_bindings(&published, &published, &self.addrs.local(), &addrs.local())?;
+        self.addrs = addrs;
+        for bridge in self.bridges.clone() {
+            self.describe_bridge(&bridge)?;
+        }
         Ok(())
     }
 
-    /// Moves the binding map from `before` to `after`: new and changed keys first, then stale
+    /// The host's addresses last taken in.
+    pub fn host_addrs(&self) -> &HostAddrs {
+        &self.addrs
+    }
+
+    /// Sets just the local addresses (for tests that describe no bridge).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataplane::set_host_addrs`].
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> anyhow::Result<()> {
+        let list = addrs.iter().map(|ip| ("lo".to_string(), *ip)).collect();
+        self.set_host_addrs(HostAddrs::from_list(list))
+    }
+
+    /// Moves both binding maps from what `before` published over `before_local` to what
+    /// `after` publishes over `after_local`; IPv6 is undone if IPv4 then fails.
+    fn apply_bindings(
+        &mut self,
+        before: &[Published],
+        after: &[Published],
+        before_local: &[IpAddr],
+        after_local: &[IpAddr],
+    ) -> anyhow::Result<()> {
+        let (old6, new6) = (
+            binding_entries::<16>(before, before_local),
+            binding_entries::<16>(after, after_local),
+        );
+        self.apply_entries(names::BINDINGS_V6, &old6, &new6)?;
+        let written = self.apply_entries(
+            names::BINDINGS_V4,
+            &binding_entries::<4>(before, before_local),
+            &binding_entries::<4>(after, after_local),
+        );
+        if written.is_err() {
+            let _ = self.apply_entries(names::BINDINGS_V6, &new6, &old6);
+        }
+        written
+    }
+
+    /// Moves a binding map from `before` to `after`: new and changed keys first, then stale
     /// ones removed, so no key that stays is ever missing. On a failed write, what was written
     /// is undone.
-    fn apply_entries(
+    fn apply_entries<const N: usize>(
         &mut self,
-        before: &StdHashMap<BindingKeyV4, BindingV4>,
-        after: &StdHashMap<BindingKeyV4, BindingV4>,
-    ) -> anyhow::Result<()> {
-        let mut map: HashMap<_, BindingKeyV4, BindingV4> =
-            typed(self.ebpf.map_mut(names::BINDINGS_V4), names::BINDINGS_V4)?;
-        let mut written: Vec<BindingKeyV4> = Vec::new();
+        name: &str,
+        before: &StdHashMap<BindingKey<N>, BindingTarget<N>>,
+        after: &StdHashMap<BindingKey<N>, BindingTarget<N>>,
+    ) -> anyhow::Result<()>
+    where
+        BindingKey<N>: aya::Pod,
+        BindingTarget<N>: aya::Pod,
+    {
+        if before == after {
+            return Ok(());
+        }
+        let mut map: HashMap<_, BindingKey<N>, BindingTarget<N>> =
+            typed(self.ebpf.map_mut(name), name)?;
+        let mut written: Vec<BindingKey<N>> = Vec::new();
         for (key, value) in after {
             if before.get(key) == Some(value) {
                 continue;
@@ -361,10 +554,9 @@ impl Dataplane {
                 }
                 return Err(error).with_context(|| {
                     format!(
-                        "writing {}:{} to {} ({} entries)",
-                        Ipv4Addr::from(key.addr.0),
+                        "writing {} port {} to {name} ({} entries)",
+                        ip_of(&key.addr),
                         u16::from_be_bytes(key.port),
-                        names::BINDINGS_V4,
                         after.len()
                     )
                 });
@@ -375,6 +567,22 @@ impl Dataplane {
             let _ = map.remove(key);
         }
         Ok(())
+    }
+
+    /// Tells the programs `bridge`'s own addresses, from the last host addresses taken in.
+    fn describe_bridge(&mut self, bridge: &Interface) -> anyhow::Result<()> {
+        let (v4, v6) = self.addrs.of(&bridge.name);
+        let addrs = BridgeAddrs {
+            v4: Addr(v4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets()),
+            v6: Addr(v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets()),
+            has_v4: u8::from(v4.is_some()),
+            has_v6: u8::from(v6.is_some()),
+            _pad: [0; 2],
+        };
+        let mut map: HashMap<_, u32, BridgeAddrs> =
+            typed(self.ebpf.map_mut(names::BRIDGES), names::BRIDGES)?;
+        map.insert(bridge.index, addrs, 0)
+            .with_context(|| format!("describing bridge {} to the programs", bridge.name))
     }
 
     /// Attaches `tc_reply` to every bridge bindings send to (and `bridge`), then the uplink's
@@ -422,6 +630,7 @@ impl Dataplane {
         if self.bridges.contains(bridge) {
             return Ok(());
         }
+        self.describe_bridge(bridge)?;
         if self.attached {
             self.attach_tc(programs::TC_REPLY, bridge)?;
         }
@@ -499,16 +708,90 @@ impl Dataplane {
         sum_reasons(&map)
     }
 
-    /// Translated flows currently remembered.
+    /// IPv4 flows currently remembered.
     ///
     /// # Errors
     ///
     /// When the map cannot be read.
-    pub fn flows(&self) -> anyhow::Result<Vec<(FlowKeyV4, FlowV4)>> {
-        let map: HashMap<_, FlowKeyV4, FlowV4> =
-            typed(self.ebpf.map(names::FLOWS_V4), names::FLOWS_V4)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+    pub fn flows_v4(&self) -> anyhow::Result<Vec<(FlowKeyV4, FlowV4)>> {
+        flows(&self.ebpf, names::FLOWS_V4)
     }
+
+    /// IPv6 flows currently remembered.
+    ///
+    /// # Errors
+    ///
+    /// When the map cannot be read.
+    pub fn flows_v6(&self) -> anyhow::Result<Vec<(FlowKeyV6, FlowV6)>> {
+        flows(&self.ebpf, names::FLOWS_V6)
+    }
+}
+
+fn flows<const N: usize>(ebpf: &Ebpf, name: &str) -> anyhow::Result<Vec<(FlowKey<N>, FlowState<N>)>>
+where
+    FlowKey<N>: aya::Pod,
+    FlowState<N>: aya::Pod,
+{
+    let map: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map(name), name)?;
+    Ok(map.iter().filter_map(Result::ok).collect())
+}
+
+/// Deletes the flows of one family that `expired(proto, flags, seen, binding_id, generation)`
+/// says are over; returns how many.
+fn sweep<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    expired: &dyn Fn(u8, u8, u32, u32, u32) -> bool,
+) -> anyhow::Result<usize>
+where
+    FlowKey<N>: aya::Pod,
+    FlowState<N>: aya::Pod,
+{
+    let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map_mut(name), name)?;
+    let stale: Vec<FlowKey<N>> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, flow)| {
+            expired(
+                key.proto,
+                flow.flags,
+                flow.seen,
+                flow.binding_id,
+                flow.generation,
+            )
+        })
+        .map(|(key, _)| key)
+        .collect();
+    for key in &stale {
+        // A flow the LRU evicted meanwhile is already gone.
+        let _ = flows.remove(key);
+    }
+    Ok(stale.len())
+}
+
+/// This network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14), if the kernel tells it.
+fn netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid out-pointers of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cookie != 0).then_some(cookie)
 }
 
 fn zeroed_stats(cpus: usize) -> Result<PerCpuValues<BindingStats>, io::Error> {

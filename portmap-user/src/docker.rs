@@ -41,7 +41,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt, io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -407,10 +407,10 @@ fn translate(
         .map(|(host_ip, host_port, proto, port)| {
             let host = SocketAddrV4::new(host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), host_port);
             Binding {
-                host_ip,
+                host_ip: host_ip.map(IpAddr::V4),
                 host_port,
                 proto,
-                container: SocketAddrV4::new(addr, port),
+                container: SocketAddr::V4(SocketAddrV4::new(addr, port)),
                 origin: format!("container {name} {host}->{port}/{proto}"),
             }
         })
@@ -1344,7 +1344,7 @@ mod tests {
         assert_eq!(desired.bridge, "br-3bb9d2ec9283", "app sorts before bridge");
         assert_eq!(
             desired.bindings[0].container.ip(),
-            &Ipv4Addr::new(172, 18, 0, 5)
+            IpAddr::V4(Ipv4Addr::new(172, 18, 0, 5))
         );
         nets.get_mut(&"3bb9d2ec9283".repeat(5)).unwrap().internal = true;
         let desired = translate(&container(&json), &nets).unwrap().unwrap();

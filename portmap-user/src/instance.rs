@@ -452,13 +452,18 @@ impl Instance {
     }
 
     fn stats(&self) -> Result<Response, Refused> {
-        let flows = self.dataplane.flows().map_err(Refused::Runtime)?;
+        let v4 = self.dataplane.flows_v4().map_err(Refused::Runtime)?;
+        let v6 = self.dataplane.flows_v6().map_err(Refused::Runtime)?;
+        let flows = v4
+            .iter()
+            .map(|(_, f)| (f.binding_id, f.generation))
+            .chain(v6.iter().map(|(_, f)| (f.binding_id, f.generation)));
         let mut per_binding: HashMap<u32, u64> = HashMap::new();
         let live: HashMap<u32, u32> = self.published().map(|p| (p.id, p.generation)).collect();
         let mut total = 0;
-        for (_, flow) in &flows {
-            if live.get(&flow.binding_id) == Some(&flow.generation) {
-                *per_binding.entry(flow.binding_id).or_default() += 1;
+        for (binding_id, generation) in flows {
+            if live.get(&binding_id) == Some(&generation) {
+                *per_binding.entry(binding_id).or_default() += 1;
                 total += 1;
             }
         }
@@ -498,7 +503,7 @@ impl Instance {
 /// A binding as `ls` reports it.
 pub fn info(published: &Published, owner: Option<&str>) -> BindingInfo {
     let Binding {
-        host_ip,
+        host_ip: _,
         host_port,
         proto,
         container,
@@ -507,9 +512,7 @@ pub fn info(published: &Published, owner: Option<&str>) -> BindingInfo {
     BindingInfo {
         id: published.id,
         proto: proto.to_string(),
-        host_ip: host_ip
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
-            .to_string(),
+        host_ip: published.binding.host().ip().to_string(),
         host_port: *host_port,
         container_ip: container.ip().to_string(),
         container_port: container.port(),

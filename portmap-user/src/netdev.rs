@@ -1,6 +1,10 @@
 //! What the host's network looks like: interface indices and local addresses.
 
-use std::{ffi::CString, io, net::Ipv4Addr};
+use std::{
+    ffi::CString,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -31,36 +35,191 @@ impl Interface {
     }
 }
 
-/// Every IPv4 address configured on any interface of this network namespace: what Docker's
-/// `--dst-type LOCAL` matches, loopback excepted (it never arrives on an uplink).
-///
-/// # Errors
-///
-/// When `getifaddrs(3)` fails.
-pub fn local_ipv4_addrs() -> anyhow::Result<Vec<Ipv4Addr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `head` is a valid out-pointer; the list is freed below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error()).context("getifaddrs");
+/// The addresses configured in this network namespace, by interface: read whole each time
+/// (`getifaddrs(3)`), which is cheap and never out of step with the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostAddrs {
+    by_iface: Vec<(String, IpAddr)>,
+}
+
+impl HostAddrs {
+    /// Reads them now.
+    ///
+    /// # Errors
+    ///
+    /// When `getifaddrs(3)` fails.
+    pub fn read() -> anyhow::Result<Self> {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: `head` is a valid out-pointer; the list is freed below.
+        if unsafe { libc::getifaddrs(&mut head) } != 0 {
+            return Err(io::Error::last_os_error()).context("getifaddrs");
+        }
+        let mut by_iface = Vec::new();
+        let mut cursor = head;
+        while !cursor.is_null() {
+            // SAFETY: `cursor` walks the list getifaddrs returned, valid until freed.
+            let entry = unsafe { &*cursor };
+            // SAFETY: `ifa_addr`, when not null, points at a sockaddr of the family it names,
+            // and `ifa_name` at a NUL-terminated name.
+            let found = unsafe { ip_of(entry.ifa_addr) }.map(|ip| {
+                let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+                (name.to_string_lossy().into_owned(), ip)
+            });
+            if let Some(found) = found.filter(|f| !by_iface.contains(f)) {
+                by_iface.push(found);
+            }
+            cursor = entry.ifa_next;
+        }
+        // SAFETY: `head` came from getifaddrs and is freed once.
+        unsafe { libc::freeifaddrs(head) };
+        Ok(Self { by_iface })
     }
-    let mut addrs = Vec::new();
-    let mut cursor = head;
-    while !cursor.is_null() {
-        // SAFETY: `cursor` walks the list getifaddrs returned, which stays valid until freed.
-        let entry = unsafe { &*cursor };
-        let addr = entry.ifa_addr;
-        // SAFETY: `addr`, when not null, points at a sockaddr whose family says its real type.
-        if !addr.is_null() && i32::from(unsafe { (*addr).sa_family }) == libc::AF_INET {
-            // SAFETY: an AF_INET sockaddr is a sockaddr_in.
-            let sin = unsafe { &*(addr as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            if !ip.is_loopback() && !addrs.contains(&ip) {
-                addrs.push(ip);
+
+    /// From a list, for tests.
+    pub fn from_list(by_iface: Vec<(String, IpAddr)>) -> Self {
+        Self { by_iface }
+    }
+
+    /// Every local address, loopback included: what Docker's `--dst-type LOCAL` matches, and
+    /// what the host's own connections reach (a crafted loopback destination from the wire is
+    /// dropped by the uplink's program).
+    pub fn local(&self) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for (_, ip) in &self.by_iface {
+            if !addrs.contains(ip) {
+                addrs.push(*ip);
             }
         }
-        cursor = entry.ifa_next;
+        addrs
     }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(addrs)
+
+    /// An interface's own addresses: its first IPv4 and its first IPv6 that is not link-local
+    /// (a hairpinned connection gets one as its source).
+    pub fn of(&self, iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        let mine = || self.by_iface.iter().filter(move |(name, _)| name == iface);
+        let v4 = mine().find_map(|(_, ip)| match ip {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = mine().find_map(|(_, ip)| match ip {
+            IpAddr::V6(ip) if !ip.is_unicast_link_local() => Some(*ip),
+            _ => None,
+        });
+        (v4, v6)
+    }
+}
+
+/// The IP address in a `sockaddr`, if it is one.
+///
+/// # Safety
+///
+/// `addr` is null or points at a valid sockaddr of the family it names.
+unsafe fn ip_of(addr: *const libc::sockaddr) -> Option<IpAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract; the family says the real type.
+    unsafe {
+        match i32::from((*addr).sa_family) {
+            libc::AF_INET => {
+                let sin = &*addr.cast::<libc::sockaddr_in>();
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*addr.cast::<libc::sockaddr_in6>();
+                Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Tells when an address is added to or removed from any interface of this network namespace
+/// (rtnetlink's address groups), so that wildcard bindings follow the host's addresses without
+/// a restart.
+pub struct AddrWatch {
+    socket: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl AddrWatch {
+    /// Subscribes.
+    ///
+    /// # Errors
+    ///
+    /// When the netlink socket cannot be opened or bound.
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+        const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+        // SAFETY: plain socket(2); the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_nl; the fields that matter are set below.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        // SAFETY: `addr` is a valid sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the AsyncFd owns the socket, so the fd stays open while it is registered.
+        let socket = unsafe { tokio::io::unix::AsyncFd::register(socket) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Self { socket })
+    }
+
+    /// Waits for the next change, then takes every notice queued with it: one burst of
+    /// changes (an interface coming up with several addresses) is one wake-up. The notices
+    /// themselves are not parsed; the caller reads the addresses afresh.
+    ///
+    /// # Errors
+    ///
+    /// When the socket fails. A lost notice (the queue overflowed) counts as a change.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 8192];
+        let mut guard = self.socket.readable().await?;
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe {
+                libc::recv(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                continue;
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    guard.clear_ready();
+                    return Ok(());
+                }
+                Some(libc::ENOBUFS) => continue,
+                _ => return Err(error),
+            }
+        }
+    }
 }

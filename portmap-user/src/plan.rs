@@ -8,48 +8,59 @@
 //! ports from a [`PortPool`]. `check` ([`preview`]) stops before the picking, so it needs no
 //! addresses, no root and no /proc.
 //!
-//! What the dataplane serves today is IPv4 TCP and UDP, so `run` ([`Plan::build`]):
-//! - publishes a spec without host IP on every IPv4 address, and keeps its IPv6 twin (Docker
-//!   publishes `[::]` beside `0.0.0.0`, on the same port) in [`Plan::endpoints`], not served
-//!   yet, for when the kernel side learns IPv6;
-//! - refuses, naming the spec, an explicit IPv6 host IP, an IPv6 container, and sctp.
+//! The dataplane translates TCP and UDP within one family (IPv4 to IPv4, IPv6 to IPv6), so
+//! `run` ([`Plan::build`]):
+//! - publishes a spec without host IP on every local address of each family the container has
+//!   an address of (Docker publishes `[::]` beside `0.0.0.0`, on the same port); a twin whose
+//!   family the container lacks stays in [`Plan::endpoints`], noted as not served;
+//! - refuses, naming the spec, a host address whose family the container has no address of,
+//!   and sctp.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt, fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
 };
 
 use crate::spec::{ContainerAddr, HostPort, PortRange, PortSpec, Proto, Publish, Target};
 
-/// One published port, resolved: exactly what the kernel's binding map will hold.
+/// One published port, resolved: exactly what the kernel's binding map will hold. The host
+/// address and the container are of one family, which the container's address gives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
-    /// `None`: every local address (a wildcard binding).
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None`: every local address of the family (a wildcard binding).
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub proto: Proto,
-    pub container: SocketAddrV4,
+    pub container: SocketAddr,
     /// The spec it came from, as the user wrote it (or its compose file, line and entry).
     pub origin: String,
 }
 
 impl Binding {
-    /// Whether two bindings want the same host port: same protocol and port, and the same
-    /// address or either on every address (Docker refuses `0.0.0.0:80` beside `10.0.0.1:80`).
+    /// Whether two bindings want the same host port: same protocol, port and family, and the
+    /// same address or either on every address (Docker refuses `0.0.0.0:80` beside
+    /// `10.0.0.1:80`).
     pub fn overlaps(&self, other: &Self) -> bool {
         self.proto == other.proto
             && self.host_port == other.host_port
+            && self.is_ipv6() == other.is_ipv6()
             && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
     }
 
-    /// The host side as `docker port` prints it: `0.0.0.0:8080`.
-    pub fn host(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            self.host_port,
-        )
+    pub fn is_ipv6(&self) -> bool {
+        self.container.is_ipv6()
+    }
+
+    /// The host side as `docker port` prints it: `0.0.0.0:8080`, `[::]:8080`.
+    pub fn host(&self) -> SocketAddr {
+        let unspecified = if self.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        SocketAddr::new(self.host_ip.unwrap_or(unspecified), self.host_port)
     }
 }
 
@@ -117,6 +128,41 @@ impl From<&Publish> for Request {
     }
 }
 
+/// A container's addresses: one per family at most (a dual-stack container has both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerIps {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl ContainerIps {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self {
+                v4: Some(v4),
+                v6: None,
+            },
+            IpAddr::V6(v6) => Self {
+                v4: None,
+                v6: Some(v6),
+            },
+        }
+    }
+
+    /// The address of the family of `host`.
+    pub fn like(&self, host: IpAddr) -> Option<IpAddr> {
+        match host {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+
+    /// The IPv4 address if there is one, else the IPv6 one.
+    pub fn first(&self) -> Option<IpAddr> {
+        self.v4.map(IpAddr::V4).or(self.v6.map(IpAddr::V6))
+    }
+}
+
 /// Where service names get their container's address. `--container SERVICE=IP` is one source
 /// ([`StaticAddrs`]); a Docker Engine query can be another.
 pub trait ContainerAddrs {
@@ -127,6 +173,15 @@ pub trait ContainerAddrs {
     ///
     /// A reason when the service has no single container (several addresses, replicas).
     fn addr_of(&self, service: &str) -> Result<Option<IpAddr>, String>;
+
+    /// Every address of that container, one per family: what a dual-stack source overrides.
+    ///
+    /// # Errors
+    ///
+    /// As [`ContainerAddrs::addr_of`].
+    fn addrs_of(&self, service: &str) -> Result<Option<ContainerIps>, String> {
+        Ok(self.addr_of(service)?.map(ContainerIps::of))
+    }
 }
 
 /// Addresses given on the command line with `--container SERVICE=IP`.
@@ -156,19 +211,53 @@ impl StaticAddrs {
 
 impl ContainerAddrs for StaticAddrs {
     fn addr_of(&self, service: &str) -> Result<Option<IpAddr>, String> {
-        match self.by_service.get(service).map(Vec::as_slice) {
-            None | Some([]) => Ok(None),
-            Some([addr]) => Ok(Some(*addr)),
-            Some(several) => Err(format!(
-                "--container gives it several addresses ({}), but a published port goes to one \
-                 container",
-                several
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+        Ok(self.addrs_of(service)?.and_then(|ips| ips.first()))
+    }
+
+    /// One address per family: `--container web=172.17.0.2 --container web=2001:db8::2` is
+    /// one dual-stack container.
+    fn addrs_of(&self, service: &str) -> Result<Option<ContainerIps>, String> {
+        let Some(addrs) = self.by_service.get(service).filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let v4: Vec<Ipv4Addr> = addrs
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<Ipv6Addr> = addrs
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let several = |family: &str, addrs: &[String]| {
+            format!(
+                "--container gives it several {family} addresses ({}), but a published port goes \
+                 to one container (one address per family)",
+                addrs.join(", ")
+            )
+        };
+        let shown = |addrs: &[IpAddr]| addrs.iter().map(ToString::to_string).collect::<Vec<_>>();
+        if v4.len() > 1 {
+            return Err(several(
+                "IPv4",
+                &shown(&v4.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>()),
+            ));
         }
+        if v6.len() > 1 {
+            return Err(several(
+                "IPv6",
+                &shown(&v6.iter().map(|a| IpAddr::V6(*a)).collect::<Vec<_>>()),
+            ));
+        }
+        Ok(Some(ContainerIps {
+            v4: v4.first().copied(),
+            v6: v6.first().copied(),
+        }))
     }
 }
 
@@ -185,24 +274,30 @@ pub struct Endpoint {
     pub container_port: u16,
     /// The compose service or `=SERVICE` target, if the target was a name.
     pub service: Option<String>,
-    /// `None` while a service is unresolved (`check` without `--container`).
+    /// The container's address of the host address's family; without one, its other address
+    /// (shown, not served). `None` while a service is unresolved (`check` without
+    /// `--container`).
     pub container_ip: Option<IpAddr>,
-    /// The IPv6 twin of a spec without host IP (Docker's implicit `[::]` binding).
-    pub implicit_ipv6: bool,
+    /// One of the two endpoints of a spec without host IP (`0.0.0.0` and Docker's implicit
+    /// `[::]`): either may go unserved when the container lacks that family.
+    pub twin: bool,
     pub source: Source,
     /// Endpoints of one mapping (IPv4 and its IPv6 twin) share a host port.
     group: usize,
 }
 
 impl Endpoint {
-    /// Why the dataplane does not serve this endpoint today, if it does not.
+    /// Why the dataplane does not serve this endpoint, if it does not.
     pub fn unserved(&self) -> Option<&'static str> {
+        let mismatched = self
+            .container_ip
+            .is_some_and(|ip| ip.is_ipv6() != self.host_ip.is_ipv6());
         if self.proto == Proto::Sctp {
             Some("sctp: the dataplane serves tcp and udp")
-        } else if self.host_ip.is_ipv6() {
-            Some("IPv6: not served yet")
-        } else if self.container_ip.is_some_and(|ip| ip.is_ipv6()) {
-            Some("IPv6 container: not served yet")
+        } else if mismatched && self.host_ip.is_ipv6() {
+            Some("the container has no IPv6 address")
+        } else if mismatched {
+            Some("the container has no IPv4 address")
         } else {
             None
         }
@@ -321,9 +416,10 @@ impl std::error::Error for PlanError {}
 /// Everything to publish, free of conflicts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// What the kernel serves: the IPv4 endpoints.
+    /// What the kernel serves.
     pub bindings: Vec<Binding>,
-    /// Everything Docker would publish, ports chosen, including the IPv6 twins not served yet.
+    /// Everything Docker would publish, ports chosen, including twins not served (a family
+    /// the container has no address of).
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -365,7 +461,8 @@ impl Plan {
         })
     }
 
-    /// The endpoints the dataplane does not serve (the IPv6 twins), for a note.
+    /// The endpoints the dataplane does not serve (twins of a family the container lacks), for
+    /// a note.
     pub fn unserved(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.iter().filter(|e| e.unserved().is_some())
     }
@@ -397,13 +494,15 @@ fn expand(
     let mut group = 0;
     for request in requests {
         let origin = || request.source.origin();
-        let (service, container_ip) = match &request.target {
-            Some(Target::Addr(ip)) => (None, Some(*ip)),
+        let (service, container_ips) = match &request.target {
+            Some(Target::Addr(ip)) => (None, Some(ContainerIps::of(*ip))),
             Some(Target::Service(name)) => {
-                let ip = addrs.addr_of(name).map_err(|reason| PlanError::Container {
-                    service: name.clone(),
-                    reason,
-                })?;
+                let ip = addrs
+                    .addrs_of(name)
+                    .map_err(|reason| PlanError::Container {
+                        service: name.clone(),
+                        reason,
+                    })?;
                 if ip.is_none() && resolve_all {
                     return Err(PlanError::Unresolved {
                         spec: origin(),
@@ -416,14 +515,16 @@ fn expand(
             None => (None, None),
         };
         for mapping in request.spec.mappings() {
-            let host_ips: &[(IpAddr, bool)] = match mapping.host_ip {
-                Some(ip) => &[(ip, false)],
+            let host_ips: &[IpAddr] = match mapping.host_ip {
+                Some(ip) => &[ip],
                 None => &[
-                    (IpAddr::V4(Ipv4Addr::UNSPECIFIED), false),
-                    (IpAddr::V6(Ipv6Addr::UNSPECIFIED), true),
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 ],
             };
-            for &(host_ip, implicit_ipv6) in host_ips {
+            let twin = mapping.host_ip.is_none();
+            for &host_ip in host_ips {
+                let container_ip = container_ips.and_then(|ips| ips.like(host_ip).or(ips.first()));
                 endpoints.push(Endpoint {
                     host_ip,
                     host_port: match mapping.host_port {
@@ -435,7 +536,7 @@ fn expand(
                     container_port: mapping.container_port,
                     service: service.clone(),
                     container_ip,
-                    implicit_ipv6,
+                    twin,
                     source: request.source.clone(),
                     group,
                 });
@@ -446,22 +547,37 @@ fn expand(
     Ok(endpoints)
 }
 
-/// `run` refuses what the dataplane cannot serve, except the IPv6 twin of a wildcard spec,
-/// which is left out (its IPv4 side is served).
+/// `run` refuses what the dataplane cannot serve: sctp, and a host address of a family the
+/// container has no address of, unless it is the twin of a spec without host IP whose other
+/// twin is served (a single-stack container behind `8080:80` is published on its family).
 fn refuse_unserved(endpoints: &[Endpoint]) -> Result<(), PlanError> {
-    for endpoint in endpoints.iter().filter(|e| !e.implicit_ipv6) {
-        let reason = if endpoint.proto == Proto::Sctp {
-            "sctp is not served: the dataplane handles tcp and udp only"
-        } else if endpoint.host_ip.is_ipv6() {
-            "IPv6 host addresses are not served yet (the dataplane is IPv4-only)"
-        } else if endpoint.container_ip.is_some_and(|ip| ip.is_ipv6()) {
-            "IPv6 container addresses are not served yet (the dataplane is IPv4-only)"
-        } else {
+    for endpoint in endpoints {
+        if endpoint.unserved().is_none() {
             continue;
+        }
+        let other_twin_served = endpoint.twin
+            && endpoints
+                .iter()
+                .any(|e| e.group == endpoint.group && e.unserved().is_none());
+        if other_twin_served {
+            continue;
+        }
+        let reason = if endpoint.proto == Proto::Sctp {
+            "sctp is not served: the dataplane handles tcp and udp only".to_string()
+        } else {
+            let (host, container) = if endpoint.host_ip.is_ipv6() {
+                ("IPv6", "IPv4")
+            } else {
+                ("IPv4", "IPv6")
+            };
+            format!(
+                "the host address is {host} and the container's {container}; a published port \
+                 is translated within one family"
+            )
         };
         return Err(PlanError::Unsupported {
             spec: endpoint.source.origin(),
-            reason: reason.into(),
+            reason,
         });
     }
     Ok(())
@@ -473,7 +589,10 @@ fn refuse_unserved(endpoints: &[Endpoint]) -> Result<(), PlanError> {
 fn check_conflicts(endpoints: &[Endpoint]) -> Result<(), PlanError> {
     let mut by_port: std::collections::HashMap<(Proto, u16, bool), Vec<&Endpoint>> =
         std::collections::HashMap::new();
-    for later in endpoints.iter().filter(|e| e.host_port != 0) {
+    // A twin of a family its container has no address of is not published, and claims
+    // nothing: `8080:80=IPV4` leaves `[::]:8080` free for another container's IPv6.
+    let claims_port = |e: &&Endpoint| e.host_port != 0 && !(e.twin && e.unserved().is_some());
+    for later in endpoints.iter().filter(claims_port) {
         let claims = by_port
             .entry((later.proto, later.host_port, later.host_ip.is_ipv4()))
             .or_default();
@@ -541,16 +660,15 @@ fn allocate(endpoints: &mut [Endpoint], pool: &PortPool) -> Result<(), PlanError
 }
 
 fn kernel_binding(endpoint: &Endpoint) -> Option<Binding> {
-    let (IpAddr::V4(host_ip), Some(IpAddr::V4(container_ip))) =
-        (endpoint.host_ip, endpoint.container_ip)
-    else {
+    let container_ip = endpoint.container_ip?;
+    if endpoint.unserved().is_some() {
         return None;
-    };
+    }
     Some(Binding {
-        host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
+        host_ip: (!endpoint.host_ip.is_unspecified()).then_some(endpoint.host_ip),
         host_port: endpoint.host_port,
         proto: endpoint.proto,
-        container: SocketAddrV4::new(container_ip, endpoint.container_port),
+        container: SocketAddr::new(container_ip, endpoint.container_port),
         origin: endpoint.source.origin(),
     })
 }
@@ -771,20 +889,72 @@ mod tests {
         );
     }
 
+    // A translation stays within one family: a host address of the other family than the
+    // container's is refused, naming the spec.
     #[test]
-    fn ipv6_is_refused_by_name() {
+    fn host_and_container_of_different_families_are_refused_by_name() {
         let err = plan(&["[::1]:80:80=172.17.0.2"]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"cannot publish "[::1]:80:80=172.17.0.2": IPv6 host addresses are not served yet (the dataplane is IPv4-only)"#
+            r#"cannot publish "[::1]:80:80=172.17.0.2": the host address is IPv6 and the container's IPv4; a published port is translated within one family"#
         );
-        let err = plan(&["::::80=172.17.0.2"]).unwrap_err();
-        assert!(err.to_string().contains("IPv6 host addresses"), "{err}");
-        let err = plan(&["8080:80=fd00::2"]).unwrap_err();
+        let err = plan(&["127.0.0.1:80:80=2001:db8:1::2"]).unwrap_err();
+        assert!(err.to_string().contains("host address is IPv4"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_host_and_container_are_published() {
+        let plan = plan(&[
+            "[2001:db8::1]:8080:80=2001:db8:1::2",
+            "[::1]:5000:5000/udp=2001:db8:1::3",
+        ])
+        .unwrap();
+        let shown: Vec<String> = plan.bindings.iter().map(ToString::to_string).collect();
         assert_eq!(
-            err.to_string(),
-            r#"cannot publish "8080:80=fd00::2": IPv6 container addresses are not served yet (the dataplane is IPv4-only)"#
+            shown,
+            [
+                "80/tcp -> [2001:db8::1]:8080 => [2001:db8:1::2]:80",
+                "5000/udp -> [::1]:5000 => [2001:db8:1::3]:5000",
+            ]
         );
+    }
+
+    // A spec without host IP and an IPv6-only container: published on `[::]`, and the IPv4
+    // twin noted as not served.
+    #[test]
+    fn wildcard_to_an_ipv6_container_publishes_the_ipv6_twin() {
+        let plan = build(&["8080:80=2001:db8:1::2"]).unwrap();
+        let shown: Vec<String> = plan.bindings.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["80/tcp -> [::]:8080 => [2001:db8:1::2]:80"]);
+        assert_eq!(plan.bindings[0].host_ip, None);
+        let unserved: Vec<_> = plan.unserved().collect();
+        assert_eq!(unserved.len(), 1);
+        assert_eq!(
+            unserved[0].unserved(),
+            Some("the container has no IPv4 address")
+        );
+    }
+
+    // A dual-stack container (one address per family): a spec without host IP is published
+    // on both families, on the same port.
+    #[test]
+    fn wildcard_to_a_dual_stack_service_publishes_both_families() {
+        let addrs = StaticAddrs::new(&[
+            "web=172.17.0.2".parse().unwrap(),
+            "web=2001:db8:1::2".parse().unwrap(),
+        ]);
+        let plan = build_with(&["8080:80=web", "0:81=web"], &addrs).unwrap();
+        let shown: Vec<String> = plan.bindings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "80/tcp -> 0.0.0.0:8080 => 172.17.0.2:80",
+                "80/tcp -> [::]:8080 => [2001:db8:1::2]:80",
+                "81/tcp -> 0.0.0.0:103 => 172.17.0.2:81",
+                "81/tcp -> [::]:103 => [2001:db8:1::2]:81",
+            ]
+        );
+        assert_eq!(plan.unserved().count(), 0);
     }
 
     #[test]
@@ -813,7 +983,7 @@ mod tests {
 
     // A wildcard spec: the IPv4 binding is served, its IPv6 twin is planned but not served.
     #[test]
-    fn wildcard_publishes_ipv4_and_keeps_the_ipv6_twin_unserved() {
+    fn wildcard_to_an_ipv4_container_keeps_the_ipv6_twin_unserved() {
         let plan = build(&["8080:80=172.17.0.2"]).unwrap();
         assert_eq!(
             plan.bindings
@@ -831,8 +1001,11 @@ mod tests {
         );
         let unserved: Vec<_> = plan.unserved().collect();
         assert_eq!(unserved.len(), 1);
-        assert!(unserved[0].implicit_ipv6);
-        assert_eq!(unserved[0].unserved(), Some("IPv6: not served yet"));
+        assert!(unserved[0].twin);
+        assert_eq!(
+            unserved[0].unserved(),
+            Some("the container has no IPv6 address")
+        );
     }
 
     #[test]
@@ -971,7 +1144,7 @@ mod tests {
         let err = build_with(&["9999:8000=web"], &several).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"service "web": --container gives it several addresses (172.17.0.2, 172.17.0.3), but a published port goes to one container"#
+            r#"service "web": --container gives it several IPv4 addresses (172.17.0.2, 172.17.0.3), but a published port goes to one container (one address per family)"#
         );
     }
 

@@ -7,7 +7,7 @@
 use std::{
     fmt, fs, io,
     mem::size_of,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -72,10 +72,7 @@ impl ReserveError {
 ///
 /// [`ReserveError::InUse`], naming the holder, when another socket has the port.
 pub fn reserve(binding: &Binding) -> Result<Reservation, ReserveError> {
-    let addr = SocketAddrV4::new(
-        binding.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        binding.host_port,
-    );
+    let addr = binding.host();
     let io_error = |error| ReserveError::Io {
         binding: binding.origin.clone(),
         error,
@@ -91,7 +88,12 @@ pub fn reserve(binding: &Binding) -> Result<Reservation, ReserveError> {
         }
     };
     // SAFETY: a plain socket(2) call; the fd is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, protocol) };
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io_error(io::Error::last_os_error()));
     }
@@ -102,37 +104,13 @@ pub fn reserve(binding: &Binding) -> Result<Reservation, ReserveError> {
     attach_drop_all(fd).map_err(io_error)?;
     if binding.proto == Proto::Tcp {
         // A finished connection's TIME_WAIT on the port must not keep us off it.
-        let one: libc::c_int = 1;
-        // SAFETY: a valid int option of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io_error(io::Error::last_os_error()));
-        }
+        set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(io_error)?;
     }
-    let sockaddr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sockaddr` is a valid sockaddr_in of the size passed.
-    let bound = unsafe {
-        libc::bind(
-            fd,
-            (&raw const sockaddr).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
+    if addr.is_ipv6() {
+        // `[::]:80` holds the IPv6 port only; the IPv4 one is its own binding's to hold.
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).map_err(io_error)?;
+    }
+    let bound = bind(fd, addr);
     if bound != 0 {
         let error = io::Error::last_os_error();
         if error.raw_os_error() == Some(libc::EADDRINUSE) {
@@ -150,6 +128,66 @@ pub fn reserve(binding: &Binding) -> Result<Reservation, ReserveError> {
         return Err(io_error(io::Error::last_os_error()));
     }
     Ok(Reservation { _socket: socket })
+}
+
+fn set_int(fd: i32, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid int option of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// bind(2) to an address of either family; the return code as bind gives it.
+fn bind(fd: i32, addr: SocketAddr) -> i32 {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let sockaddr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sockaddr` is a valid sockaddr_in of the size passed.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const sockaddr).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let sockaddr = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: `sockaddr` is a valid sockaddr_in6 of the size passed.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const sockaddr).cast(),
+                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    }
 }
 
 /// A classic BPF socket filter of one instruction, `ret #0`: accept nothing.

@@ -4,11 +4,11 @@
 use std::{
     fmt::Write as _,
     fs::{self, File},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -28,9 +28,10 @@ use crate::{
     cli::{Failure, RunConfig},
     conntrack,
     control::{InstancePaths, Request, Response},
-    dataplane::{self, Dataplane},
+    dataplane::{self, Dataplane, FlowTimeouts},
     docker::{self, Follower},
     instance::{Instance, Refused},
+    netdev::{AddrWatch, HostAddrs},
     plan::Binding,
 };
 
@@ -94,7 +95,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
     let mut dataplane = Dataplane::load().map_err(Failure::Runtime)?;
     let logger = aya_log::EbpfLogger::init(dataplane.ebpf_mut());
     dataplane
-        .set_local_addrs(&config.local_addrs)
+        .set_host_addrs(config.host_addrs.clone())
         .map_err(Failure::Runtime)?;
     let mut instance = Instance::start(
         dataplane,
@@ -122,7 +123,13 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             .attach(&config.uplink, &config.bridge, config.hook)
     };
     ready().map_err(Failure::Runtime)?;
-    release_flows(&all_bindings(&instance), &config.local_addrs);
+    release_flows(&all_bindings(&instance), &local_addrs(&instance));
+    if let Some(cgroup) = &config.cgroup {
+        instance
+            .dataplane_mut()
+            .attach_cgroup(cgroup)
+            .map_err(Failure::Runtime)?;
+    }
 
     if let Some(follower) = &follower {
         println!(
@@ -143,6 +150,13 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         config.bridge.name,
         paths.socket.display()
     );
+    match &config.cgroup {
+        Some(cgroup) => println!(
+            "  host-local connections translated for cgroup {}",
+            cgroup.display()
+        ),
+        None => println!("  host-local connections not translated (--no-cgroup)"),
+    }
     for (binding, owner) in &published {
         match owner {
             Some(owner) => println!("  {binding}  ({owner})"),
@@ -180,15 +194,26 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         std::future::pending::<()>().await;
     };
     tokio::pin!(forward_logs);
+    let mut addr_watch = AddrWatch::new()
+        .context("watching the host's addresses (rtnetlink)")
+        .map_err(Failure::Runtime)?;
+    let mut expiry = FlowExpiry::new(&mut instance, config.timeouts);
+    let mut expiry_tick = tokio::time::interval(expiry.interval());
+    expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             () = &mut forward_logs => {}
+            changed = addr_watch.changed() => match changed {
+                Ok(()) => follow_addrs(&mut instance),
+                Err(error) => log::warn!("address watch: {error}"),
+            },
+            _ = expiry_tick.tick() => expiry.run(&mut instance),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     if answer(&mut instance, stream).await {
-                        release_flows(&all_bindings(&instance), &config.local_addrs);
+                        release_flows(&all_bindings(&instance), &local_addrs(&instance));
                     }
                 }
                 Err(error) => log::warn!("control socket: {error}"),
@@ -196,7 +221,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             update = updates.recv(), if follower.is_some() => match (update, follower.as_mut()) {
                 (Some(update), Some(follower)) => {
                     let published = follower.apply(&mut instance, update);
-                    release_flows(&published, &config.local_addrs);
+                    release_flows(&published, &local_addrs(&instance));
                 }
                 // The event task ended (it only does when the loop is gone); stop asking.
                 _ => follower = None,
@@ -249,6 +274,10 @@ async fn detach_uplink_first(instance: &mut Instance, handover: Duration) {
     unload(programs::TC_REPLY);
 }
 
+fn local_addrs(instance: &Instance) -> Vec<IpAddr> {
+    instance.dataplane().host_addrs().local()
+}
+
 fn all_bindings(instance: &Instance) -> Vec<Binding> {
     instance.published().map(|p| p.binding.clone()).collect()
 }
@@ -256,7 +285,7 @@ fn all_bindings(instance: &Instance) -> Vec<Binding> {
 /// Marks the TCP connections conntrack tracks for `bindings`, just published, so that
 /// conntrack takes them back when portmap stops (see [`conntrack`]). A failure costs only
 /// that, so it is logged (loudly once).
-fn release_flows(bindings: &[Binding], local_addrs: &[Ipv4Addr]) {
+fn release_flows(bindings: &[Binding], local_addrs: &[IpAddr]) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     match conntrack::release(bindings, local_addrs) {
         Ok(0) => {}
@@ -266,6 +295,111 @@ fn release_flows(bindings: &[Binding], local_addrs: &[Ipv4Addr]) {
              those Docker's rules translated before portmap may be reset when portmap stops"
         ),
         Err(error) => log::debug!("conntrack: {error}"),
+    }
+}
+
+/// Takes in the host's addresses after rtnetlink said they changed: wildcard bindings cover the
+/// new set, and bridges' own addresses follow.
+fn follow_addrs(instance: &mut Instance) {
+    let addrs = match HostAddrs::read() {
+        Ok(addrs) => addrs,
+        Err(error) => {
+            log::warn!("reading the host's addresses: {error:#}");
+            return;
+        }
+    };
+    let before = instance.dataplane().host_addrs().local();
+    let after = addrs.local();
+    if let Err(error) = instance.dataplane_mut().set_host_addrs(addrs) {
+        log::warn!("following the host's addresses: {error:#}");
+        return;
+    }
+    let added: Vec<String> = after
+        .iter()
+        .filter(|a| !before.contains(a))
+        .map(ToString::to_string)
+        .collect();
+    let removed: Vec<String> = before
+        .iter()
+        .filter(|a| !after.contains(a))
+        .map(ToString::to_string)
+        .collect();
+    if !added.is_empty() || !removed.is_empty() {
+        log::info!(
+            "local addresses changed: added [{}], removed [{}]",
+            added.join(", "),
+            removed.join(", ")
+        );
+    }
+}
+
+/// Forgets idle flows. Flows are stamped with the kernel's jiffies, whose rate (HZ: 100, 250,
+/// 300 or 1000) the kernel does not tell userspace: it is measured against the monotonic clock
+/// over the first ticks.
+struct FlowExpiry {
+    timeouts: FlowTimeouts,
+    started: Option<(Instant, u32)>,
+    hz: Option<u32>,
+}
+
+impl FlowExpiry {
+    fn new(instance: &mut Instance, timeouts: FlowTimeouts) -> Self {
+        let started = match instance.dataplane_mut().jiffies() {
+            Ok(jiffies) => Some((Instant::now(), jiffies)),
+            Err(error) => {
+                log::warn!("idle flows will not expire: {error:#}");
+                None
+            }
+        };
+        Self {
+            timeouts,
+            started,
+            hz: None,
+        }
+    }
+
+    /// Half the shortest timeout, within 1 to 30 seconds.
+    fn interval(&self) -> Duration {
+        let shortest = self
+            .timeouts
+            .udp
+            .min(self.timeouts.tcp)
+            .min(self.timeouts.tcp_closing);
+        (shortest / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    fn run(&mut self, instance: &mut Instance) {
+        let Some(hz) = self.hz(instance) else {
+            return;
+        };
+        match instance.dataplane_mut().expire_flows(&self.timeouts, hz) {
+            Ok(0) => {}
+            Ok(n) => log::debug!("forgot {n} flows, idle or of withdrawn bindings"),
+            Err(error) => log::warn!("expiring flows: {error:#}"),
+        }
+    }
+
+    /// HZ, once a second has passed since the start: the value Linux allows nearest to the
+    /// rate the jiffies advanced at.
+    fn hz(&mut self, instance: &mut Instance) -> Option<u32> {
+        if self.hz.is_some() {
+            return self.hz;
+        }
+        let (at, then) = self.started?;
+        let elapsed = at.elapsed().as_secs_f64();
+        if elapsed < 1.0 {
+            return None;
+        }
+        let now = instance.dataplane_mut().jiffies().ok()?;
+        let rate = f64::from(now.wrapping_sub(then)) / elapsed;
+        let hz = [100u32, 250, 300, 1000].into_iter().min_by(|a, b| {
+            (f64::from(*a) - rate)
+                .abs()
+                .total_cmp(&(f64::from(*b) - rate).abs())
+        })?;
+        log::debug!("kernel clock: {rate:.0} jiffies/s, so HZ={hz}");
+        self.hz = Some(hz);
+        self.hz
     }
 }
 

@@ -534,8 +534,10 @@ impl HostSelector {
     pub fn matches(&self, binding: &crate::plan::Binding) -> bool {
         let address = match self.host_ip {
             None => true,
-            Some(ip) if ip.is_unspecified() => binding.host_ip.is_none(),
-            Some(ip) => binding.host_ip.map(IpAddr::V4) == Some(ip),
+            Some(ip) if ip.is_unspecified() => {
+                binding.host_ip.is_none() && binding.is_ipv6() == ip.is_ipv6()
+            }
+            Some(ip) => binding.host_ip == Some(ip),
         };
         address && binding.host_port == self.host_port && binding.proto == self.proto
     }

@@ -348,6 +348,8 @@ impl CniNode {
         if publisher == Publisher::Ours {
             conf["pinDir"] = json!(self.pin_dir());
             conf["stateDir"] = json!(self.state_dir());
+            // A test attaches socket programs only to a cgroup it made.
+            conf["cgroup"] = json!("none");
         }
         conf
     }

@@ -5,6 +5,7 @@
 //! The tests share kernel state (bpffs, the BPF program table, CPU time for timing-sensitive
 //! exchanges) and run one at a time: `cargo xtask test` passes `--test-threads=1`.
 
+pub mod cgroup;
 pub mod cni;
 pub mod dockerd;
 pub mod netns;

@@ -55,13 +55,21 @@ pub struct Portmap {
 }
 
 impl Portmap {
-    /// Starts `portmap run ARGS... --pin-dir <unique>` in `ns` and waits until it serves.
+    /// Starts `portmap run ARGS... --pin-dir <unique>` in `ns` and waits until it serves;
+    /// with `--no-cgroup` unless ARGS name a `--cgroup`.
     pub fn start(ns: &Netns, args: &[&str]) -> anyhow::Result<Self> {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/portmap-test/{}", ns.name()));
+        // A test attaches socket programs only to a cgroup it made, and says which.
+        let cgroup: &[&str] = if args.contains(&"--cgroup") {
+            &[]
+        } else {
+            &["--no-cgroup"]
+        };
         let mut child = ns
             .command(portmap_bin())?
             .arg("run")
             .args(args)
+            .args(cgroup)
             .arg("--pin-dir")
             .arg(&pin_dir)
             .stdout(Stdio::piped())

@@ -129,6 +129,7 @@ fn load_each_program() -> bool {
         let loaded = match program {
             Program::Xdp(p) => p.load(),
             Program::SchedClassifier(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
             other => {
                 println!("VM load {name} rejected type {:?}", other.prog_type());
                 ok = false;
@@ -343,7 +344,7 @@ fn attach_round(round: &Round) -> anyhow::Result<bool> {
     let publish: Publish = PUBLISH.parse().map_err(|e| anyhow!("{PUBLISH}: {e}"))?;
     let plan = Plan::new(&[publish]).map_err(|e| anyhow!("{PUBLISH}: {e}"))?;
     dataplane.publish(&plan.bindings, &bridge)?;
-    dataplane.set_local_addrs(&[*HOST.ip()])?;
+    dataplane.set_local_addrs(&[(*HOST.ip()).into()])?;
 
     // Into the uplink (sent on its peer): ARP and a SYN to the published port. Into the
     // bridge: ARP and the container's answer, which tc_reply translates back through the flow
