@@ -1355,17 +1355,11 @@ fn hairpin_fragments_case(n: &Net) {
 }
 
 #[test]
-#[ignore = "BUG: tc_reply's hairpin path records no fragment entry, so a hairpinned datagram's \
-            later fragments pass untranslated (tc_reply.pass.fragment_unknown) to the bridge \
-            address while its first goes to the target"]
 fn s14_tc_reply_v4_udp_hairpin_fragments_all_reach_target() {
     hairpin_fragments_case(&NET4);
 }
 
 #[test]
-#[ignore = "BUG: tc_reply's hairpin path records no fragment entry, so a hairpinned datagram's \
-            later fragments pass untranslated (tc_reply.pass.fragment_unknown) to the bridge \
-            address while its first goes to the target"]
 fn s14_tc_reply_v6_udp_hairpin_fragments_all_reach_target() {
     hairpin_fragments_case(&NET6);
 }
@@ -1402,17 +1396,11 @@ fn hairpin_reply_fragments_case(n: &Net) {
 }
 
 #[test]
-#[ignore = "BUG: tc_reply records a hairpin reply's first fragment as a source-only rewrite \
-            (FRAG_SRC, host address), so its later fragments keep the bridge address as \
-            destination instead of going back to the calling container"]
 fn s14_tc_reply_v4_udp_hairpin_reply_fragments_all_reach_caller() {
     hairpin_reply_fragments_case(&NET4);
 }
 
 #[test]
-#[ignore = "BUG: tc_reply records a hairpin reply's first fragment as a source-only rewrite \
-            (FRAG_SRC, host address), so its later fragments keep the bridge address as \
-            destination instead of going back to the calling container"]
 fn s14_tc_reply_v6_udp_hairpin_reply_fragments_all_reach_caller() {
     hairpin_reply_fragments_case(&NET6);
 }
@@ -1554,6 +1542,12 @@ fn icmp_from_client_case(
     container: SocketAddr,
 ) {
     let mut dp = dataplane(&[spec]);
+    // The flow the error is about: the client's packet that the quoted reply answered. An
+    // error about no translated flow is left to the stack (see the next test).
+    let proto = packet::read_ip(&reply.frame()).proto;
+    let opening = Pkt::of(proto, reply.dst(), reply.src());
+    hook.run(&mut dp, &opening.frame());
+    let flows_before = flows(&dp).len();
     let ran = hook.run(&mut dp, &error.frame());
     assert_eq!(ran.verdict, hook.translated(), "verdict");
     hook.assert_note(&ran, "ICMP error");
@@ -1561,8 +1555,8 @@ fn icmp_from_client_case(
     let quoted = reply.with_src(container).ip_packet();
     let want = error.rewritten(router, container.ip(), hook.ttl_after(error.ttl()), quoted);
     assert_icmp_rewritten(&ran.frame, error, &want, reply, container, reply.dst());
-    assert_reasons(&dp, &[(Reason::UplinkTranslated, 1)]);
-    assert!(flows(&dp).is_empty(), "an error records no flow");
+    assert_reasons(&dp, &[(Reason::UplinkTranslated, 2)]);
+    assert_eq!(flows(&dp).len(), flows_before, "an error records no flow");
 }
 
 /// A TCP reply that left the host from host:8080, with `len` bytes of data.
@@ -1708,6 +1702,27 @@ fn s14_xdp_v4_icmp_passes_when_quoted_port_unbound() {
 #[test]
 fn s14_xdp_v6_icmp_passes_when_quoted_port_unbound() {
     icmp_from_client_unbound_case(&NET6);
+}
+
+/// An error quoting a reply from a published port to a client that no flow knows (nothing was
+/// translated to it, or the flow is gone) passes untouched, as conntrack leaves an error about
+/// no connection alone.
+fn icmp_from_client_no_flow_case(n: &Net) {
+    let mut dp = dataplane(&[format!("5353:53/udp={}", n.c2)]);
+    let reply = Pkt::udp(at(n.host, 5353), n.client, b"never asked");
+    let frame = IcmpErr::port_unreachable(n.client.ip(), n.host, &reply.ip_packet()).frame();
+    assert_untouched(&xdp(&mut dp, &frame), &frame, XDP_PASS, "ICMP error");
+    assert_reasons(&dp, &[(Reason::UplinkPassNoFlow, 1)]);
+}
+
+#[test]
+fn s14_xdp_v4_icmp_passes_when_no_flow() {
+    icmp_from_client_no_flow_case(&NET4);
+}
+
+#[test]
+fn s14_xdp_v6_icmp_passes_when_no_flow() {
+    icmp_from_client_no_flow_case(&NET6);
 }
 
 /// A container's "port unreachable" about a client's datagram as it was delivered (to the

@@ -266,21 +266,34 @@ pub struct FragKey<const N: usize> {
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragTarget<const N: usize> {
-    /// The address that replaces the one [`FragTarget::side`] names, network byte order.
-    pub addr: Addr<N>,
-    /// [`FRAG_DST`] or [`FRAG_SRC`].
-    pub side: u8,
-    pub _pad: [u8; 3],
+    /// What the fragments' source becomes when [`FragTarget::rewrite`] has [`FRAG_SRC`],
+    /// network byte order.
+    pub src: Addr<N>,
+    /// What their destination becomes when it has [`FRAG_DST`].
+    pub dst: Addr<N>,
+    /// [`FRAG_SRC`], [`FRAG_DST`], or both (a hairpin).
+    pub rewrite: u8,
+    /// Which way the datagram goes: [`FRAG_PATH_UPLINK`], [`FRAG_PATH_REPLY`] or
+    /// [`FRAG_PATH_HAIRPIN`]; each program follows only its own.
+    pub path: u8,
+    pub _pad: [u8; 2],
     /// Where the fragments are sent on (host order).
     pub ifindex: u32,
     /// The binding charged (host order).
     pub binding_id: u32,
 }
 
-/// [`FragTarget::side`]: a client's datagram, whose destination becomes the container.
-pub const FRAG_DST: u8 = 0;
-/// [`FragTarget::side`]: a container's reply, whose source becomes the host address.
-pub const FRAG_SRC: u8 = 1;
+/// [`FragTarget::rewrite`]: the destination changes (to the container).
+pub const FRAG_DST: u8 = 1;
+/// [`FragTarget::rewrite`]: the source changes (to the host address).
+pub const FRAG_SRC: u8 = 2;
+
+/// [`FragTarget::path`]: a client's datagram on the uplink.
+pub const FRAG_PATH_UPLINK: u8 = 0;
+/// [`FragTarget::path`]: a container's reply, or a hairpinned target's reply to its caller.
+pub const FRAG_PATH_REPLY: u8 = 1;
+/// [`FragTarget::path`]: a container's datagram hairpinned to a published port.
+pub const FRAG_PATH_HAIRPIN: u8 = 2;
 
 /// A host socket and the container a connect or send of it was sent to: the key of a socket
 /// reverse map.
@@ -384,8 +397,8 @@ const _: () = assert!(size_of::<FlowV4>() == 32);
 const _: () = assert!(size_of::<FlowV6>() == 56);
 const _: () = assert!(size_of::<FragKeyV4>() == 16);
 const _: () = assert!(size_of::<FragKeyV6>() == 40);
-const _: () = assert!(size_of::<FragV4>() == 16);
-const _: () = assert!(size_of::<FragV6>() == 28);
+const _: () = assert!(size_of::<FragV4>() == 20);
+const _: () = assert!(size_of::<FragV6>() == 44);
 const _: () = assert!(size_of::<BindingStats>() == 32);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<BridgeAddrs>() == 24);
@@ -464,7 +477,10 @@ zeroed_default! {
         generation: 0, seen: 0, client_addr: Addr([0; N]), client_port: [0; 2], _pad2: [0; 2],
     }
     FragKey { src: Addr([0; N]), dst: Addr([0; N]), id: [0; 4], proto: 0, _pad: [0; 3] }
-    FragTarget { addr: Addr([0; N]), side: 0, _pad: [0; 3], ifindex: 0, binding_id: 0 }
+    FragTarget {
+        src: Addr([0; N]), dst: Addr([0; N]), rewrite: 0, path: 0, _pad: [0; 2], ifindex: 0,
+        binding_id: 0,
+    }
     SockKey { cookie: [0; 8], addr: Addr([0; N]), port: [0; 2], _pad: [0; 2] }
     SockOrig { addr: Addr([0; N]), port: [0; 2], _pad: [0; 2] }
 }

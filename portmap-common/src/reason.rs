@@ -45,6 +45,9 @@ reasons! {
     UplinkDropLoopback = "uplink.drop.loopback",
     /// A header ended before the frame claimed it would.
     UplinkPassTruncated = "uplink.pass.truncated",
+    /// An ICMP error quoting a packet from a published port to a client no translated flow
+    /// knows: left to the stack, as conntrack would leave an error about no connection.
+    UplinkPassNoFlow = "uplink.pass.no_flow",
     /// The flow could not be recorded; the packet still went to the container, but its replies
     /// will not be translated.
     UplinkFlowRecordFailed = "uplink.flow_record_failed",

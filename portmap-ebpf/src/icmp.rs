@@ -195,6 +195,18 @@ pub fn from_client<const N: usize, F: Family<N>>(
         _pad: 0,
     })
     .ok_or(Reason::UplinkPassNoBinding)?;
+    // SAFETY: as above; a map lookup does not move packet data.
+    let flow = unsafe {
+        FlowKey {
+            container_addr: binding.addr,
+            client_addr: (*F::dst(q.l3)).get(),
+            container_port: binding.port,
+            client_port: (*q.l4).dst.to_ne_bytes(),
+            proto: q.proto,
+            _pad: [0; 3],
+        }
+    };
+    lookup::live_flow::<N, F>(&flow).ok_or(Reason::UplinkPassNoFlow)?;
     let container = To {
         addr: &binding.addr,
         port: binding.port,

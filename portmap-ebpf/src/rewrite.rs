@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::generated::bpf_csum_diff,
     programs::TcContext,
 };
-use portmap_common::proto;
+use portmap_common::{FRAG_DST, FRAG_SRC, FragTarget, proto};
 use portmap_ebpf::csum;
 
 use crate::{
@@ -191,23 +191,25 @@ pub fn endpoints<const N: usize, F: Family<N>>(
     Ok(())
 }
 
-/// Replaces one address of a later fragment, which has no transport header: only IPv4's header
-/// checksum covers it (the datagram's transport checksum was fixed with its first fragment).
+/// Gives a later fragment, which has no transport header, the addresses its first fragment got
+/// (`target`): only IPv4's header checksum covers them (the datagram's transport checksum was
+/// fixed with its first fragment).
 #[inline(always)]
-pub fn fragment_addr<const N: usize, F: Family<N>>(
+pub fn fragment_addrs<const N: usize, F: Family<N>>(
     csums: &impl Checksums,
     pkt: &Packet,
-    side: Side,
-    to: &Addr<N>,
+    target: &FragTarget<N>,
     ttl: Ttl,
 ) -> Result<(), ChecksumError> {
     // SAFETY: as in `endpoint`, for the IP header alone.
     let (addr, ttl_diff) = unsafe {
-        let addr = match side {
-            Side::Src => F::src(pkt.l3),
-            Side::Dst => F::dst(pkt.l3),
-        };
-        let addr = replace_addr(addr, to);
+        let mut addr = 0;
+        if target.rewrite & FRAG_SRC != 0 {
+            addr += replace_addr(F::src(pkt.l3), &target.src);
+        }
+        if target.rewrite & FRAG_DST != 0 {
+            addr += replace_addr(F::dst(pkt.l3), &target.dst);
+        }
         let ttl_word = F::ttl_word(pkt.l3);
         let old_ttl = *ttl_word;
         if ttl == Ttl::Decrement {

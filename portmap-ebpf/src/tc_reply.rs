@@ -12,7 +12,8 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use aya_log_ebpf::error;
 use portmap_common::{
-    BindingKey, FLOW_HAIRPIN, FRAG_SRC, FlowKey, FlowState, FragKey, FragTarget, Reason,
+    BindingKey, FLOW_HAIRPIN, FRAG_DST, FRAG_PATH_HAIRPIN, FRAG_PATH_REPLY, FRAG_PATH_UPLINK,
+    FRAG_SRC, FlowKey, FlowState, FragKey, FragTarget, Reason,
 };
 
 use crate::{
@@ -128,11 +129,18 @@ fn reply<const N: usize, F: Family<N>>(
                 _pad: [0; 3],
             },
             &FragTarget {
-                addr: flow.host_addr,
-                side: FRAG_SRC,
-                _pad: [0; 3],
+                src: flow.host_addr,
+                // A hairpin flow's replies go back to the calling container, too.
+                dst: flow.client_addr,
+                rewrite: if hairpin {
+                    FRAG_SRC | FRAG_DST
+                } else {
+                    FRAG_SRC
+                },
+                path: FRAG_PATH_REPLY,
                 ifindex: flow.ingress_ifindex,
                 binding_id: flow.binding_id,
+                ..FragTarget::default()
             },
         );
     }
@@ -206,6 +214,27 @@ fn hairpin<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdi
         }
     }
     let closing = flow::closes(pkt);
+    if pkt.piece == Piece::First {
+        // Keyed as the datagram arrived: from the caller to the published address.
+        flow::record_fragment::<N, F>(
+            &FragKey {
+                src: value.client_addr,
+                dst: value.host_addr,
+                id: pkt.id,
+                proto: pkt.proto,
+                _pad: [0; 3],
+            },
+            &FragTarget {
+                src: key.client_addr,
+                dst: key.container_addr,
+                rewrite: FRAG_SRC | FRAG_DST,
+                path: FRAG_PATH_HAIRPIN,
+                ifindex: binding.egress_ifindex,
+                binding_id: binding.id,
+                ..FragTarget::default()
+            },
+        );
+    }
     let translated_src = To {
         addr: &key.client_addr,
         port: key.client_port,
@@ -238,21 +267,34 @@ fn later_fragment<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -
             _pad: [0; 3],
         }
     };
-    let Some(target) = lookup::fragment::<N, F>(&key).filter(|t| t.side == FRAG_SRC) else {
+    let Some(target) = lookup::fragment::<N, F>(&key).filter(|t| t.path != FRAG_PATH_UPLINK) else {
         return Verdict::pass(Reason::ReplyPassFragmentUnknown);
     };
     // SAFETY: as above.
     if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
         return Verdict::pass(Reason::ReplyTtlExpired);
     }
-    if rewrite::fragment_addr::<N, F>(&Skb(ctx), pkt, Side::Src, &target.addr, Ttl::Decrement)
-        .is_err()
-    {
+    if rewrite::fragment_addrs::<N, F>(&Skb(ctx), pkt, &target, Ttl::Decrement).is_err() {
         return dropped(Reason::ReplyDropWriteFailed);
     }
-    stats::to_client(target.binding_id, ctx.len().into());
+    let hairpin = target.path == FRAG_PATH_HAIRPIN;
+    if hairpin {
+        stats::to_container(target.binding_id, ctx.len().into());
+    } else {
+        stats::to_client(target.binding_id, ctx.len().into());
+    }
+    // A destination rewritten is a container on the bridge: its own next hop.
+    let action = if target.rewrite & FRAG_DST != 0 {
+        redirect::to_onlink(target.ifindex, F::nexthop(target.dst))
+    } else {
+        redirect::via_route(target.ifindex)
+    };
     Verdict {
-        reason: Reason::ReplyTranslated,
-        action: redirect::via_route(target.ifindex),
+        reason: if hairpin {
+            Reason::ReplyHairpin
+        } else {
+            Reason::ReplyTranslated
+        },
+        action,
     }
 }

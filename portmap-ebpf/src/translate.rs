@@ -4,7 +4,8 @@
 use aya_ebpf::{EbpfContext, bindings::bpf_redir_neigh};
 use aya_log_ebpf::warn;
 use portmap_common::{
-    BindingKey, BindingTarget, FRAG_DST, FlowKey, FlowState, FragKey, FragTarget, Reason,
+    BindingKey, BindingTarget, FRAG_DST, FRAG_PATH_UPLINK, FlowKey, FlowState, FragKey, FragTarget,
+    Reason,
 };
 
 use crate::{
@@ -180,11 +181,12 @@ fn first_fragment<const N: usize, F: Family<N>>(pkt: &Packet, binding: &BindingT
     flow::record_fragment::<N, F>(
         &key,
         &FragTarget {
-            addr: binding.addr,
-            side: FRAG_DST,
-            _pad: [0; 3],
+            dst: binding.addr,
+            rewrite: FRAG_DST,
+            path: FRAG_PATH_UPLINK,
             ifindex: binding.egress_ifindex,
             binding_id: binding.id,
+            ..FragTarget::default()
         },
     );
 }
@@ -208,10 +210,9 @@ fn later_fragment<const N: usize, F: Family<N>>(
             _pad: [0; 3],
         }
     };
-    let target = lookup::fragment::<N, F>(&key).ok_or(Reason::UplinkPassFragmentUnknown)?;
-    if target.side != FRAG_DST {
-        return Err(Reason::UplinkPassFragmentUnknown);
-    }
+    let target = lookup::fragment::<N, F>(&key)
+        .filter(|t| t.path == FRAG_PATH_UPLINK)
+        .ok_or(Reason::UplinkPassFragmentUnknown)?;
     // SAFETY: as above.
     let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
     let ttl = if forwardable {
@@ -219,12 +220,12 @@ fn later_fragment<const N: usize, F: Family<N>>(
     } else {
         Ttl::Keep
     };
-    rewrite::fragment_addr::<N, F>(csums, pkt, Side::Dst, &target.addr, ttl)
+    rewrite::fragment_addrs::<N, F>(csums, pkt, &target, ttl)
         .map_err(|_| Reason::UplinkDropWriteFailed)?;
     stats::to_container(target.binding_id, len);
     Ok(Translated {
         egress_ifindex: target.ifindex,
-        nexthop: F::nexthop(target.addr),
+        nexthop: F::nexthop(target.dst),
         vlan_tagged: pkt.vlan_tagged,
         forwardable,
     })
