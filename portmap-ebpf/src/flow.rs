@@ -24,9 +24,12 @@ pub fn closes(pkt: &Packet) -> bool {
     if pkt.proto != proto::TCP {
         return false;
     }
-    // SAFETY: the parser proved the 20-byte TCP header is inside the frame; flags are byte 13.
-    let flags = unsafe { *pkt.l4.cast::<u8>().add(13) };
-    flags & (TCP_FIN | TCP_RST) != 0
+    // Flags are byte 13 of the TCP header.
+    let Some(flags) = pkt.l4_at::<u8>(13) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `l4_at`.
+    unsafe { *flags & (TCP_FIN | TCP_RST) != 0 }
 }
 
 /// Marks a flow seen now, and closing if `closing`. Writes only what changed, so that an

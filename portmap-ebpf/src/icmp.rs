@@ -32,9 +32,19 @@ struct Quoted<const N: usize> {
     l3: *mut u8,
     l4: *mut Ports,
     proto: u8,
-    /// Whether its transport checksum lies inside the frame (always for UDP; for TCP when the
-    /// error quotes 18 bytes or more of it, as Linux's do).
-    l4_check: bool,
+    /// The frame's end.
+    end: usize,
+}
+
+impl<const N: usize> Quoted<N> {
+    /// Its transport checksum, if that lies inside the frame (always for UDP; for TCP when the
+    /// error quotes 18 bytes or more of it, as Linux's do). Checked where it is used, so that
+    /// every verifier (5.10's too) sees the check on the pointer it then reads.
+    #[inline(always)]
+    fn l4_check(&self) -> Option<*mut u16> {
+        let at = self.l4 as usize + rewrite::l4_check_off(self.proto) as usize;
+        (at + 2 <= self.end).then_some(at as *mut u16)
+    }
 }
 
 /// Whether `pkt` is an ICMP error of the family, and the packet it quotes.
@@ -62,12 +72,11 @@ fn quoted<const N: usize, F: Family<N>>(
     if !plain || (proto != proto::TCP && proto != proto::UDP) {
         return None;
     }
-    let check_end = l4 + rewrite::l4_check_off(proto) as usize + 2;
     Some(Quoted {
         l3,
         l4: l4 as *mut Ports,
         proto,
-        l4_check: check_end <= data_end,
+        end: data_end,
     })
 }
 
@@ -89,7 +98,7 @@ fn translate_error<const N: usize, F: Family<N>>(
 ) -> Result<(), Reason> {
     let inplace = rewrite::InPlace;
     // SAFETY: `quoted` bounds-checked the quoted IP header, 8 bytes of transport header, and
-    // the transport checksum when `l4_check`; the parser the outer and ICMP headers. Nothing
+    // the transport checksum where `l4_check` says so; the parser the outer and ICMP headers. Nothing
     // has moved packet data yet.
     let (payload, outer, ttl_diff) = unsafe {
         let (q_addr, q_port) = match quoted_side {
@@ -111,11 +120,7 @@ fn translate_error<const N: usize, F: Family<N>>(
             let _ = inplace.l3(check, 0, addr);
             payload += csum::diff([old], [*check]);
         }
-        if q.l4_check {
-            let check =
-                q.l4.cast::<u8>()
-                    .add(rewrite::l4_check_off(q.proto) as usize)
-                    .cast::<u16>();
+        if let Some(check) = q.l4_check() {
             let old = *check;
             let _ = inplace.l4(check, 0, q.proto, addr, port);
             payload += csum::diff([old], [*check]);

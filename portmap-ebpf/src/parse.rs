@@ -156,7 +156,7 @@ pub struct Packet {
     /// The fixed IP header.
     pub l3: *mut u8,
     /// The TCP, UDP or ICMP header: at least [`TCP_HLEN`], [`UDP_HLEN`] or [`ICMP_HLEN`] bytes
-    /// are in the frame. Dangling for a [`Piece::Later`] fragment, which has none.
+    /// are in the frame. For a [`Piece::Later`] fragment, which has none, the IP header.
     pub l4: *mut Ports,
     /// Offset of the IP header from the start of the frame.
     pub l3_off: u32,
@@ -169,6 +169,8 @@ pub struct Packet {
     pub piece: Piece,
     /// The datagram's identification, for fragments.
     pub id: [u8; 4],
+    /// The frame's end, as the parser saw it.
+    pub end: usize,
 }
 
 impl Packet {
@@ -184,7 +186,19 @@ impl Packet {
             vlan_tagged: false,
             piece: Piece::Whole,
             id: [0; 4],
+            end: 0,
         }
+    }
+
+    /// A `T` `off` bytes into the transport header, if the frame holds all of it.
+    ///
+    /// The parser checked the header's length for its protocol, but a verifier (5.10's) does
+    /// not always carry that per-protocol check to code that branches on the protocol again: a
+    /// read past the 8 bytes every header has is checked again here, where it happens.
+    #[inline(always)]
+    pub fn l4_at<T>(&self, off: usize) -> Option<*mut T> {
+        let at = self.l4 as usize + off;
+        (at + size_of::<T>() <= self.end).then_some(at as *mut T)
     }
 }
 
@@ -353,8 +367,10 @@ fn transport(
 ) -> Result<(), Refusal> {
     let l3 = (frame.data() + l3_off) as *mut u8;
     let l4: *mut Ports = match (piece, proto) {
-        // A later fragment's payload is the middle of a datagram, not a header.
-        (Piece::Later, proto::TCP | proto::UDP) => core::ptr::null_mut(),
+        // A later fragment's payload is the middle of a datagram, not a header. It gets the IP
+        // header instead of a null: never read as ports, but a valid pointer to 8 checked
+        // bytes, so that no verifier (5.10's does) finds a path reading through a null.
+        (Piece::Later, proto::TCP | proto::UDP) => l3 as *mut Ports,
         (_, proto::TCP) => ptr_at::<[u8; TCP_HLEN]>(frame, l4_off)? as *mut Ports,
         (_, proto::UDP) => ptr_at::<[u8; UDP_HLEN]>(frame, l4_off)? as *mut Ports,
         (Piece::Whole, proto::ICMP | proto::ICMPV6) => {
@@ -371,6 +387,7 @@ fn transport(
         vlan_tagged,
         piece,
         id,
+        end: frame.data_end(),
     };
     Ok(())
 }

@@ -110,6 +110,11 @@ pub fn endpoint<const N: usize, F: Family<N>>(
     to: To<'_, N>,
     ttl: Ttl,
 ) -> Result<(), ChecksumError> {
+    // Found before anything is written: a transport header too short for it (which the parser
+    // rules out) leaves the packet untouched.
+    let check = pkt
+        .l4_at::<u16>(l4_check_off(pkt.proto) as usize)
+        .ok_or(ChecksumError)?;
     // SAFETY: `parse::ip` proved the IP header and 8+ bytes of transport header are inside the
     // frame; nothing has moved packet data since, and fields are written before any helper
     // (which may move it) runs.
@@ -130,13 +135,6 @@ pub fn endpoint<const N: usize, F: Family<N>>(
         (addr_diff, port_diff, csum::diff([old_ttl], [*ttl_word]))
     };
     let check_off = pkt.l4_off + l4_check_off(pkt.proto);
-    // SAFETY: inside the transport header the parser bounds-checked.
-    let check = unsafe {
-        pkt.l4
-            .cast::<u8>()
-            .add(l4_check_off(pkt.proto) as usize)
-            .cast()
-    };
     csums.l4(check, check_off, pkt.proto, addr, port)?;
     if F::L3_CHECKSUM {
         // SAFETY: inside the IPv4 header the parser bounds-checked.
@@ -157,6 +155,9 @@ pub fn endpoints<const N: usize, F: Family<N>>(
     dst: To<'_, N>,
     ttl: Ttl,
 ) -> Result<(), ChecksumError> {
+    let check = pkt
+        .l4_at::<u16>(l4_check_off(pkt.proto) as usize)
+        .ok_or(ChecksumError)?;
     // SAFETY: as in `endpoint`. One field at a time, each read, diffed and written before the
     // next, so that only one address is held in registers at once.
     let (addr, port, ttl_diff) = unsafe {
@@ -175,13 +176,6 @@ pub fn endpoints<const N: usize, F: Family<N>>(
         (addr, port, csum::diff([old_ttl], [*ttl_word]))
     };
     let check_off = pkt.l4_off + l4_check_off(pkt.proto);
-    // SAFETY: inside the transport header the parser bounds-checked.
-    let check = unsafe {
-        pkt.l4
-            .cast::<u8>()
-            .add(l4_check_off(pkt.proto) as usize)
-            .cast()
-    };
     csums.l4(check, check_off, pkt.proto, addr, port)?;
     if F::L3_CHECKSUM {
         // SAFETY: inside the IPv4 header the parser bounds-checked.

@@ -406,6 +406,9 @@ pub struct RunConfig {
     pub docker: Option<DockerHost>,
     /// Where the socket programs go; `None` with `--no-cgroup`.
     pub cgroup: Option<PathBuf>,
+    /// Whether `--cgroup` named it: then a failure to attach fails `run`; the default only
+    /// warns (on a kernel that cannot scope the programs to a namespace, before 5.14).
+    pub cgroup_explicit: bool,
     pub timeouts: FlowTimeouts,
 }
 
@@ -439,6 +442,7 @@ impl RunConfig {
                 Some(DockerHost::from_env().map_err(|e| Failure::BadInput(anyhow!(e)))?)
             }
         };
+        let cgroup_explicit = cgroup.is_some();
         let cgroup = match (no_cgroup, cgroup) {
             (true, _) => None,
             (false, Some(dir)) => Some(dir),
@@ -535,6 +539,7 @@ impl RunConfig {
             containers,
             docker,
             cgroup,
+            cgroup_explicit,
             timeouts,
         })
     }

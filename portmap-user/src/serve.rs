@@ -124,11 +124,16 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
     };
     ready().map_err(Failure::Runtime)?;
     release_flows(&all_bindings(&instance), &local_addrs(&instance));
-    if let Some(cgroup) = &config.cgroup {
-        instance
-            .dataplane_mut()
-            .attach_cgroup(cgroup)
-            .map_err(Failure::Runtime)?;
+    let mut cgroup = config.cgroup.as_deref();
+    if let Some(dir) = cgroup {
+        match instance.dataplane_mut().attach_cgroup(dir) {
+            Ok(()) => {}
+            Err(error) if config.cgroup_explicit => return Err(Failure::Runtime(error)),
+            Err(error) => {
+                log::warn!("the host's own connections are not translated: {error:#}");
+                cgroup = None;
+            }
+        }
     }
 
     if let Some(follower) = &follower {
@@ -150,12 +155,12 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         config.bridge.name,
         paths.socket.display()
     );
-    match &config.cgroup {
-        Some(cgroup) => println!(
+    match cgroup {
+        Some(dir) => println!(
             "  host-local connections translated for cgroup {}",
-            cgroup.display()
+            dir.display()
         ),
-        None => println!("  host-local connections not translated (--no-cgroup)"),
+        None => println!("  host-local connections not translated"),
     }
     for (binding, owner) in &published {
         match owner {

@@ -55,6 +55,20 @@ enum Task {
     /// Build a Docker-like sandbox in namespaces, publish three services through portmap,
     /// send real requests through each, print what happened, and tear it all down.
     Demo,
+    /// Measure portmap against Docker's netfilter paths (iptables DNAT, an nftables map) and
+    /// the no-NAT floor, in namespaces, at 1 to 10,000 published ports; writes
+    /// bench/results.md and bench/results.svg. Release build; run it on an idle machine.
+    ///
+    /// Example: cargo xtask bench -- --smoke (a quick run of every mode at N=1 and 100)
+    Bench {
+        /// Arguments for `portmap-bench` (see `-- --help`).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
     /// Boot Debian's kernels under qemu and, in each, load every program (verifier), run the
     /// packet table and attach XDP and TC to a veth pair; prints a kernel × program table.
     VmTest {
@@ -107,6 +121,27 @@ fn run(task: Task) -> anyhow::Result<()> {
                 Command::new(root.join("target/release/portmap-demo"))
                     .env("PORTMAP_BIN", root.join("target/release/portmap")),
             )
+        }
+        Task::Bench { args } => {
+            setup::ensure()?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "portmap-user",
+                "-p",
+                "portmap-bench",
+            ])?;
+            let root = workspace_root();
+            let mut command = Command::new(root.join("target/release/portmap-bench"));
+            command.env("PORTMAP_BIN", root.join("target/release/portmap"));
+            // A full run writes its report beside the harness; a smoke run only prints.
+            let smoke = args.iter().any(|a| a == "--smoke");
+            let has_out = args.iter().any(|a| a == "--out");
+            if !smoke && !has_out {
+                command.arg("--out").arg(root.join("bench"));
+            }
+            exec(command.args(args))
         }
         Task::VmTest { kernel } => vm::run(&kernel),
     }
