@@ -167,6 +167,7 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
         // Portmap runs beside Docker's base rules; the iptables mode installs its own full set.
         docker_rules: mode.is_portmap(),
         container_csum_offload: true,
+        ..Default::default()
     })?;
     // Fresh connections at tens of thousands per second: reuse TIME_WAIT ports.
     net.client
