@@ -630,3 +630,29 @@ fn tc_reply_v4_tcp_translates_only_the_new_bindings_flows_after_id_reuse() {
         "the new binding's flow lives"
     );
 }
+
+// A flow's packets after its first take each CPU's cache of recent translations; removing or
+// re-pointing the binding takes effect on the very next packet all the same (S13).
+#[test]
+fn s13_xdp_v4_udp_cached_translation_ends_with_its_binding() {
+    let mut dp = dataplane(&["5353:53/udp=172.17.0.3"]);
+    let dgram = V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), b"again");
+    for _ in 0..3 {
+        // The first records the flow and fills the cache; the others are served from it.
+        assert_translated(&xdp(&mut dp, &dgram), &dgram, SocketAddrV4::new(C2, 53));
+    }
+    dp.remove(&[0]).expect("removing the binding");
+    let frame = dgram.frame();
+    let ran = testrun::xdp(&mut dp, &frame, 1);
+    assert_eq!(ran.frame, frame, "not translated once its binding is gone");
+    assert_eq!(count(&dp, Reason::UplinkPassNoBinding), 1);
+
+    // Published again, to another container: the next packet goes there.
+    let bridge = Interface {
+        name: "docker0".into(),
+        index: BRIDGE_INDEX,
+    };
+    dp.add(&bindings(&["5353:53/udp=172.17.0.2"]), &bridge)
+        .expect("re-publishing");
+    assert_translated(&xdp(&mut dp, &dgram), &dgram, SocketAddrV4::new(C1, 53));
+}

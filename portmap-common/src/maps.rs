@@ -41,8 +41,17 @@ pub mod names {
     /// `LruHashMap<SockKeyV6, SockOrigV6>`: the same for IPv6.
     pub const SOCK_REVNAT_V6: &str = "SOCK_REVNAT_V6";
 
+    /// `PerCpuArray<RecentV4>`: the uplink's recent translations, direct-mapped by a hash of
+    /// the packet's addresses and ports, so that a flow's packets after its first skip both
+    /// hash lookups.
+    pub const RECENT_V4: &str = "RECENT_V4";
+    /// `PerCpuArray<RecentV6>`: the same for IPv6.
+    pub const RECENT_V6: &str = "RECENT_V6";
+
     /// Every map the loader expects to find.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
+        RECENT_V4,
+        RECENT_V6,
         SOCK_REVNAT_V4,
         SOCK_REVNAT_V6,
         BRIDGES,
@@ -133,6 +142,9 @@ pub const MAX_FRAGS: u32 = 8_192;
 
 /// Bridges the loader can describe to the programs.
 pub const MAX_BRIDGES: u32 = 256;
+
+/// Slots of each CPU's recent-translation cache, per family (a power of two).
+pub const RECENT_SLOTS: u32 = 1_024;
 
 /// Host sockets whose translated destination is remembered, per family; an LRU, so a host with
 /// more live translated sockets than this forgets the oldest (their `getpeername` then shows
@@ -318,6 +330,30 @@ pub struct SockOrig<const N: usize> {
     pub _pad: [u8; 2],
 }
 
+/// A translation the uplink made recently, in one slot of a CPU's cache: the packet as it
+/// arrived (client, host) and what it became (container), with the binding's generation and
+/// when the flow table last confirmed the flow. The value of [`names::RECENT_V4`].
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recent<const N: usize> {
+    pub client: Addr<N>,
+    pub host: Addr<N>,
+    pub container: Addr<N>,
+    pub client_port: [u8; 2],
+    pub host_port: [u8; 2],
+    pub container_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+    pub binding_id: u32,
+    pub generation: u32,
+    pub egress_ifindex: u32,
+    /// When the slow path last found the flow recorded, in jiffies (low 32 bits).
+    pub confirmed: u32,
+}
+
+pub type RecentV4 = Recent<V4>;
+pub type RecentV6 = Recent<V6>;
+
 pub type SockKeyV4 = SockKey<V4>;
 pub type SockKeyV6 = SockKey<V6>;
 pub type SockOrigV4 = SockOrig<V4>;
@@ -402,6 +438,8 @@ const _: () = assert!(size_of::<FragV6>() == 44);
 const _: () = assert!(size_of::<BindingStats>() == 32);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<BridgeAddrs>() == 24);
+const _: () = assert!(size_of::<RecentV4>() == 36);
+const _: () = assert!(size_of::<RecentV6>() == 72);
 const _: () = assert!(size_of::<SockKeyV4>() == 16);
 const _: () = assert!(size_of::<SockKeyV6>() == 28);
 const _: () = assert!(size_of::<SockOrigV4>() == 8);
@@ -483,6 +521,11 @@ zeroed_default! {
     }
     SockKey { cookie: [0; 8], addr: Addr([0; N]), port: [0; 2], _pad: [0; 2] }
     SockOrig { addr: Addr([0; N]), port: [0; 2], _pad: [0; 2] }
+    Recent {
+        client: Addr([0; N]), host: Addr([0; N]), container: Addr([0; N]), client_port: [0; 2],
+        host_port: [0; 2], container_port: [0; 2], proto: 0, _pad: 0, binding_id: 0,
+        generation: 0, egress_ifindex: 0, confirmed: 0,
+    }
 }
 
 #[cfg(feature = "user")]
@@ -518,7 +561,8 @@ mod pod {
         FragKey,
         FragTarget,
         SockKey,
-        SockOrig
+        SockOrig,
+        Recent
     );
 
     // SAFETY: see above.

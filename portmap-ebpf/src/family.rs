@@ -4,14 +4,16 @@
 
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use portmap_common::{
-    BindingKey, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget, proto,
+    BindingKey, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget, Recent, proto,
 };
 
 use crate::{
-    maps::{BINDINGS_V4, BINDINGS_V6, FLOWS_V4, FLOWS_V6, FRAGS_V4, FRAGS_V6},
+    maps::{
+        BINDINGS_V4, BINDINGS_V6, FLOWS_V4, FLOWS_V6, FRAGS_V4, FRAGS_V6, RECENT_V4, RECENT_V6,
+    },
     parse::{Addr, Ipv4Hdr, Ipv6Hdr, WireAddr},
 };
 
@@ -24,6 +26,7 @@ pub trait Family<const N: usize> {
     fn bindings() -> &'static HashMap<BindingKey<N>, BindingTarget<N>>;
     fn flows() -> &'static LruHashMap<FlowKey<N>, FlowState<N>>;
     fn frags() -> &'static LruHashMap<FragKey<N>, FragTarget<N>>;
+    fn recent() -> &'static PerCpuArray<Recent<N>>;
 
     /// The source address field of the IP header at `l3`.
     ///
@@ -93,6 +96,9 @@ impl Family<4> for V4 {
     fn frags() -> &'static LruHashMap<FragKey<4>, FragTarget<4>> {
         &FRAGS_V4
     }
+    fn recent() -> &'static PerCpuArray<Recent<4>> {
+        &RECENT_V4
+    }
     unsafe fn src(l3: *mut u8) -> *mut WireAddr<4> {
         // SAFETY: the caller's contract.
         unsafe { &raw mut (*l3.cast::<Ipv4Hdr>()).src }
@@ -155,6 +161,9 @@ impl Family<16> for V6 {
     }
     fn frags() -> &'static LruHashMap<FragKey<16>, FragTarget<16>> {
         &FRAGS_V6
+    }
+    fn recent() -> &'static PerCpuArray<Recent<16>> {
+        &RECENT_V6
     }
     unsafe fn src(l3: *mut u8) -> *mut WireAddr<16> {
         // SAFETY: the caller's contract.

@@ -20,6 +20,7 @@ mod icmp;
 mod lookup;
 mod maps;
 mod parse;
+mod recent;
 mod redirect;
 mod rewrite;
 mod sock;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use portmap_common::{
     BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget,
-    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FLOWS, MAX_FRAGS, MAX_SOCKS, SockKey,
-    SockOrig, V4, V6, reason::REASON_COUNT,
+    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FLOWS, MAX_FRAGS, MAX_SOCKS, RECENT_SLOTS,
+    Recent, SockKey, SockOrig, V4, V6, reason::REASON_COUNT,
 };
 
 /// Published ports. Not preallocated, so that an entry replaced while a packet reads it is
@@ -58,3 +58,9 @@ pub static SOCK_REVNAT_V4: LruHashMap<SockKey<V4>, SockOrig<V4>> =
 #[map]
 pub static SOCK_REVNAT_V6: LruHashMap<SockKey<V6>, SockOrig<V6>> =
     LruHashMap::with_max_entries(MAX_SOCKS, 0);
+
+/// Each CPU's recent translations (see `recent.rs`).
+#[map]
+pub static RECENT_V4: PerCpuArray<Recent<V4>> = PerCpuArray::with_max_entries(RECENT_SLOTS, 0);
+#[map]
+pub static RECENT_V6: PerCpuArray<Recent<V6>> = PerCpuArray::with_max_entries(RECENT_SLOTS, 0);

@@ -4,14 +4,14 @@
 use aya_ebpf::{EbpfContext, bindings::bpf_redir_neigh};
 use aya_log_ebpf::warn;
 use portmap_common::{
-    BindingKey, BindingTarget, FRAG_DST, FRAG_PATH_UPLINK, FlowKey, FlowState, FragKey, FragTarget,
-    Reason,
+    BindingKey, BindingTarget, FRAG_DST, FRAG_PATH_UPLINK, FlowKey, FlowState, FragTarget, Reason,
 };
 
 use crate::{
     family::{Family, V4, V6},
     flow, icmp, lookup,
     parse::{self, Frame, Packet, Piece, Refusal, To, Version},
+    recent,
     rewrite::{self, Checksums, Side, Ttl},
     stats,
 };
@@ -97,6 +97,36 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         // on 127.0.0.1 (moby #45610).
         return Err(Reason::UplinkDropLoopback);
     }
+    // SAFETY: as above.
+    let (client, client_port) = unsafe { ((*F::src(pkt.l3)).get(), (*pkt.l4).src) };
+    // SAFETY: the IP header was bounds-checked.
+    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
+    let ttl = if forwardable {
+        Ttl::Decrement
+    } else {
+        Ttl::Keep
+    };
+    let slot = recent::slot::<N, F>(pkt, &host, &client, client_port);
+    if let Some(slot) = slot
+        && recent::fresh(slot, pkt, &host, &client, client_port.to_ne_bytes())
+    {
+        // SAFETY: this CPU's slot, just checked to be this packet's translation.
+        let recent = unsafe { &*slot };
+        let container = To {
+            addr: &recent.container,
+            port: recent.container_port,
+        };
+        rewrite::endpoint::<N, F>(csums, pkt, Side::Dst, container, ttl)
+            .map_err(|_| Reason::UplinkDropWriteFailed)?;
+        stats::to_container(recent.binding_id, len);
+        return Ok(Translated {
+            egress_ifindex: recent.egress_ifindex,
+            nexthop: F::nexthop(recent.container),
+            vlan_tagged: pkt.vlan_tagged,
+            forwardable,
+        });
+    }
+
     let binding = lookup::binding::<N, F>(&host).ok_or(Reason::UplinkPassNoBinding)?;
     if pkt.piece == Piece::First {
         // Before the flow's keys exist, whose stack slots these then share.
@@ -105,15 +135,13 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
 
     // The flow as it will be recorded, built while the packet still shows the client's view.
     // SAFETY: as above; a map lookup does not move packet data.
-    let key = unsafe {
-        FlowKey {
-            container_addr: binding.addr,
-            client_addr: (*F::src(pkt.l3)).get(),
-            container_port: binding.port,
-            client_port: (*pkt.l4).src.to_ne_bytes(),
-            proto: pkt.proto,
-            _pad: [0; 3],
-        }
+    let key = FlowKey {
+        container_addr: binding.addr,
+        client_addr: client,
+        container_port: binding.port,
+        client_port: client_port.to_ne_bytes(),
+        proto: pkt.proto,
+        _pad: [0; 3],
     };
     let mut value = FlowState {
         host_addr: host.addr,
@@ -122,13 +150,6 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         ingress_ifindex,
         generation: binding.generation,
         ..FlowState::default()
-    };
-    // SAFETY: the IP header was bounds-checked.
-    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
-    let ttl = if forwardable {
-        Ttl::Decrement
-    } else {
-        Ttl::Keep
     };
     let closing = flow::closes(pkt);
     let container = To {
@@ -139,8 +160,13 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         .map_err(|_| Reason::UplinkDropWriteFailed)?;
     stats::to_container(binding.id, len);
 
-    if let Err(errno) = flow::record::<N, F>(&key, &mut value, closing) {
-        record_failed(ctx, key.container_port, errno);
+    match flow::record::<N, F>(&key, &mut value, closing) {
+        Ok(()) => {
+            if let Some(slot) = slot {
+                recent::remember(slot, &key, &value, binding.egress_ifindex);
+            }
+        }
+        Err(errno) => record_failed(ctx, key.container_port, errno),
     }
     Ok(Translated {
         egress_ifindex: binding.egress_ifindex,
@@ -168,16 +194,7 @@ fn record_failed<C: EbpfContext>(ctx: &C, container_port: [u8; 2], errno: i32) {
 /// packet still shows both.
 #[inline(always)]
 fn first_fragment<const N: usize, F: Family<N>>(pkt: &Packet, binding: &BindingTarget<N>) {
-    // SAFETY: `parse::ip` bounds-checked the IP header; nothing has moved packet data.
-    let key = unsafe {
-        FragKey {
-            src: (*F::src(pkt.l3)).get(),
-            dst: (*F::dst(pkt.l3)).get(),
-            id: pkt.id,
-            proto: pkt.proto,
-            _pad: [0; 3],
-        }
-    };
+    let key = flow::arrived_fragment_key::<N, F>(pkt);
     flow::record_fragment::<N, F>(
         &key,
         &FragTarget {
@@ -200,16 +217,7 @@ fn later_fragment<const N: usize, F: Family<N>>(
     len: u64,
     forward: bool,
 ) -> Result<Translated, Reason> {
-    // SAFETY: the IP header was bounds-checked.
-    let key = unsafe {
-        FragKey {
-            src: (*F::src(pkt.l3)).get(),
-            dst: (*F::dst(pkt.l3)).get(),
-            id: pkt.id,
-            proto: pkt.proto,
-            _pad: [0; 3],
-        }
-    };
+    let key = flow::arrived_fragment_key::<N, F>(pkt);
     let target = lookup::fragment::<N, F>(&key)
         .filter(|t| t.path == FRAG_PATH_UPLINK)
         .ok_or(Reason::UplinkPassFragmentUnknown)?;
