@@ -3,7 +3,7 @@
 //! the userspace sweep's timeouts).
 
 use aya_ebpf::helpers::generated::bpf_jiffies64;
-use portmap_common::{FLOW_CLOSING, FlowKey, FlowState, FragKey, FragTarget, proto};
+use portmap_common::{Addr, FLOW_CLOSING, FlowKey, FlowState, FragKey, FragTarget, proto};
 
 use crate::{family::Family, parse::Packet};
 
@@ -69,6 +69,26 @@ pub fn record<const N: usize, F: Family<N>>(
         flow.flags |= FLOW_CLOSING;
     }
     F::flows().insert(key, flow, 0)
+}
+
+/// The key a datagram's fragments share: its addresses as they arrive, IP id and protocol.
+#[inline(always)]
+pub fn fragment_key<const N: usize>(pkt: &Packet, src: Addr<N>, dst: Addr<N>) -> FragKey<N> {
+    FragKey {
+        src,
+        dst,
+        id: pkt.id,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// [`fragment_key`] of the packet at hand, whose addresses are still as they arrived.
+#[inline(always)]
+pub fn arrived_fragment_key<const N: usize, F: Family<N>>(pkt: &Packet) -> FragKey<N> {
+    // SAFETY: `parse::ip` bounds-checked the IP header.
+    let (src, dst) = unsafe { ((*F::src(pkt.l3)).get(), (*F::dst(pkt.l3)).get()) };
+    fragment_key(pkt, src, dst)
 }
 
 /// Remembers how a first fragment was translated, for the fragments after it.

@@ -23,8 +23,6 @@ use crate::{
 /// Offset of the ICMP checksum in the ICMP header, and of the quoted packet after it.
 const ICMP_CHECK_OFF: u32 = 2;
 const ICMP_HLEN: u32 = 8;
-/// Offset of the header checksum within the IPv4 header.
-const IP_CHECK_OFF: u32 = 10;
 
 /// The packet an error quotes, bounds-checked: its IP header and the first 8 bytes of its
 /// transport header (the ports, and UDP's checksum).
@@ -131,13 +129,7 @@ fn translate_error<const N: usize, F: Family<N>>(
         } else {
             0
         };
-        let ttl_word = F::ttl_word(pkt.l3);
-        let old_ttl = *ttl_word;
-        if ttl == Ttl::Decrement {
-            let ttl = ttl_word.cast::<u8>();
-            *ttl = (*ttl).wrapping_sub(1);
-        }
-        (payload, outer, csum::diff([old_ttl], [*ttl_word]))
+        (payload, outer, rewrite::step_ttl::<N, F>(pkt.l3, ttl))
     };
     // ICMPv6's checksum covers the outer addresses (its pseudo-header); ICMPv4's does not.
     let pseudo = if F::L3_CHECKSUM { 0 } else { outer };
@@ -158,14 +150,7 @@ fn translate_error<const N: usize, F: Family<N>>(
             payload,
         )
         .map_err(fail)?;
-    if F::L3_CHECKSUM {
-        // SAFETY: pointer arithmetic inside the outer IPv4 header.
-        let check = unsafe { F::l3_check(pkt.l3) };
-        csums
-            .l3(check, pkt.l3_off + IP_CHECK_OFF, outer + ttl_diff)
-            .map_err(fail)?;
-    }
-    Ok(())
+    rewrite::l3_fold::<N, F>(csums, pkt.l3, pkt.l3_off, outer + ttl_diff).map_err(fail)
 }
 
 /// An ICMP error from the client side about a reply of a translated flow: sent on to the

@@ -101,6 +101,59 @@ pub unsafe fn replace_addr<const N: usize>(at: *mut WireAddr<N>, to: &Addr<N>) -
     }
 }
 
+/// Decrements the TTL (hop limit) of the IP header at `l3` if `ttl` says so; returns what that
+/// changes in IPv4's header checksum.
+///
+/// # Safety
+///
+/// `l3` points at a whole IP header of the family, bounds-checked.
+#[inline(always)]
+pub unsafe fn step_ttl<const N: usize, F: Family<N>>(l3: *mut u8, ttl: Ttl) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let word = F::ttl_word(l3);
+        let old = *word;
+        if ttl == Ttl::Decrement {
+            let ttl = word.cast::<u8>();
+            *ttl = (*ttl).wrapping_sub(1);
+        }
+        csum::diff([old], [*word])
+    }
+}
+
+/// Folds the changes of a rewrite into the transport checksum at `check` and, for IPv4, the
+/// header checksum. Runs after every field is written: a helper may move packet data.
+#[inline(always)]
+fn fold_in<const N: usize, F: Family<N>>(
+    csums: &impl Checksums,
+    pkt: &Packet,
+    check: *mut u16,
+    addr: u32,
+    port: u32,
+    ttl_diff: u32,
+) -> Result<(), ChecksumError> {
+    let check_off = pkt.l4_off + l4_check_off(pkt.proto);
+    csums.l4(check, check_off, pkt.proto, addr, port)?;
+    l3_fold::<N, F>(csums, pkt.l3, pkt.l3_off, addr + ttl_diff)
+}
+
+/// Folds `diff` into IPv4's header checksum, of the header at `l3`, `l3_off` bytes into the
+/// frame; IPv6 has none.
+#[inline(always)]
+pub fn l3_fold<const N: usize, F: Family<N>>(
+    csums: &impl Checksums,
+    l3: *mut u8,
+    l3_off: u32,
+    diff: u32,
+) -> Result<(), ChecksumError> {
+    if F::L3_CHECKSUM {
+        // SAFETY: inside the IPv4 header the caller bounds-checked.
+        let check = unsafe { F::l3_check(l3) };
+        csums.l3(check, l3_off + IP_CHECK_OFF, diff)?;
+    }
+    Ok(())
+}
+
 /// Replaces one endpoint of `pkt` with `to` and fixes the checksums.
 #[inline(always)]
 pub fn endpoint<const N: usize, F: Family<N>>(
@@ -126,22 +179,9 @@ pub fn endpoint<const N: usize, F: Family<N>>(
         let addr_diff = replace_addr(addr, to.addr);
         let port_diff = csum::diff([*port], [to.port()]);
         *port = to.port();
-        let ttl_word = F::ttl_word(pkt.l3);
-        let old_ttl = *ttl_word;
-        if ttl == Ttl::Decrement {
-            let ttl = ttl_word.cast::<u8>();
-            *ttl = (*ttl).wrapping_sub(1);
-        }
-        (addr_diff, port_diff, csum::diff([old_ttl], [*ttl_word]))
+        (addr_diff, port_diff, step_ttl::<N, F>(pkt.l3, ttl))
     };
-    let check_off = pkt.l4_off + l4_check_off(pkt.proto);
-    csums.l4(check, check_off, pkt.proto, addr, port)?;
-    if F::L3_CHECKSUM {
-        // SAFETY: inside the IPv4 header the parser bounds-checked.
-        let l3_check = unsafe { F::l3_check(pkt.l3) };
-        csums.l3(l3_check, pkt.l3_off + IP_CHECK_OFF, addr + ttl_diff)?;
-    }
-    Ok(())
+    fold_in::<N, F>(csums, pkt, check, addr, port, ttl_diff)
 }
 
 /// Replaces both endpoints of `pkt` (a hairpin connection: the source becomes the bridge, the
@@ -167,22 +207,9 @@ pub fn endpoints<const N: usize, F: Family<N>>(
         let port = csum::diff([*src_port, *dst_port], [src.port(), dst.port()]);
         *src_port = src.port();
         *dst_port = dst.port();
-        let ttl_word = F::ttl_word(pkt.l3);
-        let old_ttl = *ttl_word;
-        if ttl == Ttl::Decrement {
-            let ttl = ttl_word.cast::<u8>();
-            *ttl = (*ttl).wrapping_sub(1);
-        }
-        (addr, port, csum::diff([old_ttl], [*ttl_word]))
+        (addr, port, step_ttl::<N, F>(pkt.l3, ttl))
     };
-    let check_off = pkt.l4_off + l4_check_off(pkt.proto);
-    csums.l4(check, check_off, pkt.proto, addr, port)?;
-    if F::L3_CHECKSUM {
-        // SAFETY: inside the IPv4 header the parser bounds-checked.
-        let l3_check = unsafe { F::l3_check(pkt.l3) };
-        csums.l3(l3_check, pkt.l3_off + IP_CHECK_OFF, addr + ttl_diff)?;
-    }
-    Ok(())
+    fold_in::<N, F>(csums, pkt, check, addr, port, ttl_diff)
 }
 
 /// Gives a later fragment, which has no transport header, the addresses its first fragment got
@@ -204,20 +231,9 @@ pub fn fragment_addrs<const N: usize, F: Family<N>>(
         if target.rewrite & FRAG_DST != 0 {
             addr += replace_addr(F::dst(pkt.l3), &target.dst);
         }
-        let ttl_word = F::ttl_word(pkt.l3);
-        let old_ttl = *ttl_word;
-        if ttl == Ttl::Decrement {
-            let ttl = ttl_word.cast::<u8>();
-            *ttl = (*ttl).wrapping_sub(1);
-        }
-        (addr, csum::diff([old_ttl], [*ttl_word]))
+        (addr, step_ttl::<N, F>(pkt.l3, ttl))
     };
-    if F::L3_CHECKSUM {
-        // SAFETY: inside the IPv4 header the parser bounds-checked.
-        let l3_check = unsafe { F::l3_check(pkt.l3) };
-        csums.l3(l3_check, pkt.l3_off + IP_CHECK_OFF, addr + ttl_diff)?;
-    }
-    Ok(())
+    l3_fold::<N, F>(csums, pkt.l3, pkt.l3_off, addr + ttl_diff)
 }
 
 /// Decrements the TTL (hop limit) of the IP header at `l3` and fixes IPv4's checksum.
@@ -228,19 +244,8 @@ pub fn ttl_decrement<const N: usize, F: Family<N>>(
     l3_off: u32,
 ) -> Result<(), ChecksumError> {
     // SAFETY: the caller bounds-checked the whole IP header.
-    let diff = unsafe {
-        let word = F::ttl_word(l3);
-        let old = *word;
-        let ttl = word.cast::<u8>();
-        *ttl = (*ttl).wrapping_sub(1);
-        csum::diff([old], [*word])
-    };
-    if F::L3_CHECKSUM {
-        // SAFETY: as above.
-        let check = unsafe { F::l3_check(l3) };
-        csums.l3(check, l3_off + IP_CHECK_OFF, diff)?;
-    }
-    Ok(())
+    let diff = unsafe { step_ttl::<N, F>(l3, Ttl::Decrement) };
+    l3_fold::<N, F>(csums, l3, l3_off, diff)
 }
 
 /// Checksums of a frame in XDP: complete, on the wire, updated in place.

@@ -120,15 +120,21 @@ fn cookie(ctx: &SockAddrContext) -> [u8; 8] {
     unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }.to_ne_bytes()
 }
 
-/// `connect` and `sendmsg`: a published destination becomes its container.
+/// `connect` and `sendmsg`: a published destination becomes its container. `asked` is the
+/// destination as family `F` looks it up; `on_socket` writes an address of that family as the
+/// socket's family `S` holds it (the same, or IPv4 inside an IPv4-mapped IPv6 address).
 #[inline(always)]
-fn to_container<const N: usize, F: SockFamily<N>>(ctx: &SockAddrContext) -> Reason {
+fn to_container<const N: usize, F: SockFamily<N>, const M: usize, S: SockFamily<M>>(
+    ctx: &SockAddrContext,
+    asked: Addr<N>,
+    on_socket: impl Fn(&Addr<N>) -> Addr<M>,
+) -> Reason {
     if !ours(ctx) {
         return Reason::SockPassOtherNetns;
     }
     let sa = ctx.sock_addr;
     // SAFETY: the program's own context; fields are read as the kernel allows.
-    let (asked, port, protocol) = unsafe { (F::user_addr(sa), (*sa).user_port, (*sa).protocol) };
+    let (port, protocol) = unsafe { ((*sa).user_port, (*sa).protocol) };
     let protocol = match protocol {
         p if p == u32::from(proto::TCP) => proto::TCP,
         p if p == u32::from(proto::UDP) => proto::UDP,
@@ -136,33 +142,55 @@ fn to_container<const N: usize, F: SockFamily<N>>(ctx: &SockAddrContext) -> Reas
     };
     // The port is in network order in the low-addressed 16 bits of the word.
     let port = (port as u16).to_ne_bytes();
+    // "Any" reaches this host: the process sees it as loopback, as the kernel would show it.
+    let asked = F::any_is_loopback(asked);
     let Some(binding) = lookup::binding::<N, F>(&BindingKey {
-        addr: F::any_is_loopback(asked),
+        addr: asked,
         port,
         proto: protocol,
         _pad: 0,
     }) else {
         return Reason::SockPassNoBinding;
     };
+    let container = on_socket(&binding.addr);
     let key = SockKey {
         cookie: cookie(ctx),
-        addr: binding.addr,
+        addr: container,
         port: binding.port,
         _pad: [0; 2],
     };
     let orig = SockOrig {
-        addr: asked,
+        addr: on_socket(&asked),
         port,
         _pad: [0; 2],
     };
     // A full LRU evicts; a refusal only means the process would see the container's address.
-    let _ = F::revnat().insert(key, orig, 0);
+    let _ = S::revnat().insert(key, orig, 0);
     // SAFETY: as above; the kernel lets both fields be written here.
     unsafe {
-        F::set_user_addr(sa, &binding.addr);
+        S::set_user_addr(sa, &container);
         (*sa).user_port = u32::from(u16::from_ne_bytes(binding.port));
     }
     Reason::SockTranslated
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`), which a dual-stack
+/// socket (Java's, for one) connects to for an IPv4 destination.
+#[inline(always)]
+fn unmapped(addr: &Addr<16>) -> Option<Addr<4>> {
+    let prefix =
+        addr.word(0) | addr.word(1) == 0 && addr.word(2) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    prefix.then(|| Addr(addr.word(3).to_ne_bytes()))
+}
+
+/// `addr` as an IPv4-mapped IPv6 address.
+#[inline(always)]
+fn mapped(addr: &Addr<4>) -> Addr<16> {
+    let mut out = Addr([0; 16]);
+    out.0[10] = 0xff;
+    out.0[11] = 0xff;
+    out.0[12..].copy_from_slice(&addr.0);
+    out
 }
 
 /// `recvmsg` and `getpeername`: the container becomes the address the process used.
@@ -192,12 +220,20 @@ fn to_published<const N: usize, F: SockFamily<N>>(ctx: &SockAddrContext) -> Opti
 
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) -> (Reason, i32) {
-    (to_container::<4, V4>(ctx), ALLOW)
+    // SAFETY: the program's own context.
+    let asked = unsafe { V4::user_addr(ctx.sock_addr) };
+    (to_container::<4, V4, 4, V4>(ctx, asked, |a| *a), ALLOW)
 }
 
 #[inline(always)]
 pub fn connect6(ctx: &SockAddrContext) -> (Reason, i32) {
-    (to_container::<16, V6>(ctx), ALLOW)
+    // SAFETY: the program's own context.
+    let asked = unsafe { V6::user_addr(ctx.sock_addr) };
+    let reason = match unmapped(&asked) {
+        Some(v4) => to_container::<4, V4, 16, V6>(ctx, v4, mapped),
+        None => to_container::<16, V6, 16, V6>(ctx, asked, |a| *a),
+    };
+    (reason, ALLOW)
 }
 
 /// Restores and says why, or says nothing: most datagrams and peers are not ours, and a

@@ -13,7 +13,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use aya_log_ebpf::error;
 use portmap_common::{
     BindingKey, FLOW_HAIRPIN, FRAG_DST, FRAG_PATH_HAIRPIN, FRAG_PATH_REPLY, FRAG_PATH_UPLINK,
-    FRAG_SRC, FlowKey, FlowState, FragKey, FragTarget, Reason,
+    FRAG_SRC, FlowKey, FlowState, FragTarget, Reason,
 };
 
 use crate::{
@@ -121,13 +121,7 @@ fn reply<const N: usize, F: Family<N>>(
         // Keyed as the datagram arrived (from the container to the client, or for a hairpin
         // flow the bridge), which is how its later fragments arrive.
         flow::record_fragment::<N, F>(
-            &FragKey {
-                src: key.container_addr,
-                dst: key.client_addr,
-                id: pkt.id,
-                proto: pkt.proto,
-                _pad: [0; 3],
-            },
+            &flow::fragment_key(pkt, key.container_addr, key.client_addr),
             &FragTarget {
                 src: flow.host_addr,
                 // A hairpin flow's replies go back to the calling container, too.
@@ -217,13 +211,7 @@ fn hairpin<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdi
     if pkt.piece == Piece::First {
         // Keyed as the datagram arrived: from the caller to the published address.
         flow::record_fragment::<N, F>(
-            &FragKey {
-                src: value.client_addr,
-                dst: value.host_addr,
-                id: pkt.id,
-                proto: pkt.proto,
-                _pad: [0; 3],
-            },
+            &flow::fragment_key(pkt, value.client_addr, value.host_addr),
             &FragTarget {
                 src: key.client_addr,
                 dst: key.container_addr,
@@ -257,16 +245,7 @@ fn hairpin<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdi
 /// A later fragment of a container's datagram: it follows its first fragment's translation.
 #[inline(always)]
 fn later_fragment<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdict {
-    // SAFETY: the IP header was bounds-checked.
-    let key = unsafe {
-        FragKey {
-            src: (*F::src(pkt.l3)).get(),
-            dst: (*F::dst(pkt.l3)).get(),
-            id: pkt.id,
-            proto: pkt.proto,
-            _pad: [0; 3],
-        }
-    };
+    let key = flow::arrived_fragment_key::<N, F>(pkt);
     let Some(target) = lookup::fragment::<N, F>(&key).filter(|t| t.path != FRAG_PATH_UPLINK) else {
         return Verdict::pass(Reason::ReplyPassFragmentUnknown);
     };

@@ -65,14 +65,17 @@ fn call(args: &InstanceArgs, request: &Request) -> Result<Response, Failure> {
 
 /// `docker port` style, then the container: `80/tcp -> 0.0.0.0:8080 => 172.17.0.2:80`.
 pub fn line(binding: &BindingInfo) -> String {
+    // IPv6 addresses in brackets, as `docker port` prints them.
+    let endpoint = |ip: &str, port: u16| match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => crate::spec::host_and_port(ip, port),
+        Err(_) => format!("{ip}:{port}"),
+    };
     format!(
-        "{}/{} -> {}:{} => {}:{}",
+        "{}/{} -> {} => {}",
         binding.container_port,
         binding.proto,
-        binding.host_ip,
-        binding.host_port,
-        binding.container_ip,
-        binding.container_port
+        endpoint(&binding.host_ip, binding.host_port),
+        endpoint(&binding.container_ip, binding.container_port)
     )
 }
 
