@@ -11,6 +11,7 @@ pub mod dockerd;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod raw;
 pub mod servers;
 pub mod testrun;
 pub mod topology;
