@@ -2170,3 +2170,627 @@ fn s13_open_tcp(family: Family) {
     let flows = stats(&net, &instance)["flows"].as_u64().unwrap();
     assert_eq!(flows, 0, "no flow is left");
 }
+
+// --- S1-S5, IPv6: the LAN client's own requests ---
+
+/// A counter (`to_container_packets`, `to_client_packets`, `flows`...) of the binding whose host
+/// side is `host` and protocol `proto`, from `stats --json`.
+fn binding_counter(stats: &serde_json::Value, proto: &str, host: SocketAddr, name: &str) -> u64 {
+    let bindings = stats["bindings"].as_array().expect("a bindings array");
+    let binding = bindings
+        .iter()
+        .find(|b| {
+            b["proto"] == proto
+                && b["host_port"] == host.port()
+                && b["host_ip"]
+                    .as_str()
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    == Some(host.ip())
+        })
+        .unwrap_or_else(|| panic!("no {proto} binding on {host} in {stats}"));
+    binding["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} on {proto} {host} in {stats}"))
+}
+
+/// The IPv6 packets of protocol `proto` (TCP or UDP, no extension header) that the captured
+/// interface received, read back with their checksums verified.
+fn incoming_v6(frames: &[raw::Frame], proto: u8) -> Vec<packet::SeenIp> {
+    frames
+        .iter()
+        .filter(|f| {
+            f.incoming()
+                && f.data.len() >= 14 + 40 + 8
+                && u16::from_be_bytes([f.data[12], f.data[13]]) == packet::ETH_P_IPV6
+                && f.data[14 + 6] == proto
+        })
+        .map(|f| packet::read_ip(&f.data))
+        .collect()
+}
+
+/// Sends one datagram to `to` on an open socket and waits (its read timeout) for the answer;
+/// returns it and the address it came from.
+fn udp_ask_on(socket: &UdpSocket, to: SocketAddr) -> anyhow::Result<(AnswerAt, SocketAddr)> {
+    socket.send_to(b"who", to)?;
+    let mut buf = [0u8; 2048];
+    let (n, source) = socket.recv_from(&mut buf)?;
+    Ok((
+        AnswerAt::parse(&String::from_utf8_lossy(&buf[..n]))?,
+        source,
+    ))
+}
+
+// S1, IPv6, XDP: the LAN client's TCP connection to [2001:db8::1]:8080, published to
+// [c1]:80, carries requests and answers both ways; the container sees the client's own
+// address and port; every segment the client receives comes from [2001:db8::1]:8080, with a
+// right checksum, and none from the container's address.
+#[test]
+fn s1_v6_xdp_tcp_lan_client_reaches_container_with_its_own_source() {
+    s1_v6(Hook::Xdp);
+}
+
+// S1, IPv6, TC hook.
+#[test]
+fn s1_v6_tc_tcp_lan_client_reaches_container_with_its_own_source() {
+    s1_v6(Hook::Tc);
+}
+
+fn s1_v6(hook: Hook) {
+    let net = dual_stack();
+    let c1 = &net.containers[0];
+    let c1_ip = c1.ip(Family::V6);
+    let server = servers::tcp_at(&c1.ns, "c1", any(Family::V6, 80)).unwrap();
+    let instance = start(&net, hook, &[wildcard(8080, 80, false, c1_ip)], &[]);
+    let published = at(net.host_ip(Family::V6), 8080);
+    let client_ip = net.client_ip(Family::V6);
+
+    let at_client = Capture::start(&net.client, "eth0").unwrap();
+    let at_container = Capture::start(&c1.ns, "eth0").unwrap();
+    const ASKS: usize = 5;
+    let (local, peer, answers) = net.client.run(|| {
+        let mut conn = servers::tcp_connect_at(None, published, ASK)
+            .unwrap_or_else(|e| panic!("connecting to {published}: {e:#}"));
+        let answers: Vec<AnswerAt> = (0..ASKS)
+            .map(|i| {
+                servers::tcp_ask_on_at(&mut conn)
+                    .unwrap_or_else(|e| panic!("ask {i} on the connection to {published}: {e:#}"))
+            })
+            .collect();
+        (
+            conn.local_addr().unwrap(),
+            conn.peer_addr().unwrap(),
+            answers,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (at_client, at_container) = (at_client.finish().unwrap(), at_container.finish().unwrap());
+
+    assert_eq!(
+        local.ip(),
+        client_ip,
+        "the client connected from its own address"
+    );
+    assert_eq!(
+        peer, published,
+        "the client's socket is connected to the published address"
+    );
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.server, "c1", "ask {i} reached c1");
+        assert_eq!(
+            answer.saw, local,
+            "ask {i}: the container sees the client's own address and port"
+        );
+    }
+    assert_eq!(server.seen().len(), 1, "one connection reached c1");
+
+    // What the client received: all from the published address, checksums right.
+    let received: Vec<_> = incoming_v6(&at_client, packet::TCP)
+        .into_iter()
+        .filter(|p| p.dst == local)
+        .collect();
+    assert!(
+        received.len() > ASKS,
+        "the SYN-ACK and {ASKS} answers reached the client: {received:?}"
+    );
+    for p in &received {
+        assert_eq!(
+            p.src, published,
+            "a segment to the client comes from {}",
+            p.src
+        );
+        assert_eq!(
+            p.l4_check_ok,
+            Some(true),
+            "TCP checksum at the client: {p:?}"
+        );
+    }
+    // What the container received: all from the client's own socket, to c1:80.
+    let delivered: Vec<_> = incoming_v6(&at_container, packet::TCP)
+        .into_iter()
+        .filter(|p| p.dst == at(c1_ip, 80))
+        .collect();
+    assert!(
+        delivered.len() > ASKS,
+        "the SYN and {ASKS} requests reached the container: {delivered:?}"
+    );
+    for p in &delivered {
+        assert_eq!(
+            p.src, local,
+            "a segment to c1 comes from the client's socket"
+        );
+        assert_eq!(p.l4_check_ok, Some(true), "TCP checksum at c1: {p:?}");
+    }
+
+    let stats = stats(&net, &instance);
+    let host_side = any(Family::V6, 8080);
+    assert!(
+        binding_counter(&stats, "tcp", host_side, "to_container_packets") > ASKS as u64,
+        "packets to the container are counted: {stats}"
+    );
+    assert!(
+        binding_counter(&stats, "tcp", host_side, "to_client_packets") > ASKS as u64,
+        "packets to the client are counted: {stats}"
+    );
+    let forwarded_by = match hook {
+        Hook::Xdp => "tc_forward.redirected",
+        Hook::Tc => "uplink.translated",
+    };
+    assert!(
+        reason(&stats, forwarded_by) > ASKS as u64,
+        "{forwarded_by} counts the client's segments: {stats}"
+    );
+    assert!(
+        reason(&stats, "tc_reply.translated") > ASKS as u64,
+        "tc_reply.translated counts the container's segments: {stats}"
+    );
+}
+
+// S2, IPv6, XDP: 256 UDP flows (4 client addresses x 64 source ports) to [2001:db8::1]:5353,
+// published to [c1]:53: every one is answered from exactly [2001:db8::1]:5353, c1 saw each
+// flow's own source, and each is one live flow of the binding.
+#[test]
+fn s2_v6_xdp_udp_many_flows_each_answered_from_the_published_port() {
+    s2_v6(Hook::Xdp);
+}
+
+// S2, IPv6, TC hook.
+#[test]
+fn s2_v6_tc_udp_many_flows_each_answered_from_the_published_port() {
+    s2_v6(Hook::Tc);
+}
+
+fn s2_v6(hook: Hook) {
+    let net = topology(&Options {
+        ipv6: true,
+        extra_client_addrs: 3,
+        ..Options::default()
+    });
+    let c1 = &net.containers[0];
+    let server = servers::udp_at(&c1.ns, "c1", any(Family::V6, 53)).unwrap();
+    let instance = start(
+        &net,
+        hook,
+        &[wildcard(5353, 53, true, c1.ip(Family::V6))],
+        &[],
+    );
+    let published = at(net.host_ip(Family::V6), 5353);
+    assert_eq!(net.client_addrs6.len(), 4, "four client addresses");
+    let flows: Vec<SocketAddr> = net
+        .client_addrs6
+        .iter()
+        .flat_map(|&ip| (0..64).map(move |i| at(IpAddr::V6(ip), 20_000 + i)))
+        .collect();
+
+    let started = Instant::now();
+    // The first flow that gets no answer ends the loop: at most one ASK is waited for.
+    let results = net.client.run(|| {
+        flows
+            .iter()
+            .map(|&from| {
+                servers::udp_ask_at(from, published, ASK)
+                    .map(|r| (from, r))
+                    .map_err(|e| anyhow::anyhow!("flow {from}: {e:#}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    });
+    let results = results.unwrap_or_else(|e| panic!("every flow is answered: {e:#}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "256 flows took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(results.len(), 256);
+    for (from, (answer, source)) in &results {
+        assert_eq!(
+            *source, published,
+            "flow {from}: the answer comes from the published address"
+        );
+        assert_eq!(answer.server, "c1", "flow {from}: c1 answered");
+        assert_eq!(
+            answer.saw, *from,
+            "flow {from}: c1 saw the flow's own source"
+        );
+    }
+    let mut seen: Vec<SocketAddr> = server.seen().iter().map(|s| s.peer).collect();
+    seen.sort();
+    let mut sent = flows.clone();
+    sent.sort();
+    assert_eq!(seen, sent, "c1 got exactly one datagram from each flow");
+
+    let stats = stats(&net, &instance);
+    let host_side = any(Family::V6, 5353);
+    assert_eq!(
+        binding_flows(&stats, "udp", host_side),
+        256,
+        "one live flow per source: {stats}"
+    );
+    assert_eq!(
+        binding_counter(&stats, "udp", host_side, "to_client_packets"),
+        256,
+        "every answer went back through the binding: {stats}"
+    );
+}
+
+// S3, IPv6, XDP: the client's requests to ports the host does not publish ([2001:db8::1]:8081,
+// and :80, the container's port) are not translated (TCP refused by the host, UDP unanswered,
+// nothing reaches c1); the client's requests straight to c1's address, routed by the host, are
+// not translated either: c1 sees the client, its answer comes from its own address. With
+// Docker's ip6tables rules in place, that direct access is dropped, as Docker does, while the
+// published port keeps working.
+#[test]
+fn s3_v6_unpublished_port_and_direct_container_address_are_not_translated() {
+    s3_v6(Hook::Xdp);
+}
+
+// S3, IPv6, TC hook.
+#[test]
+fn s3_v6_tc_unpublished_port_and_direct_container_address_are_not_translated() {
+    s3_v6(Hook::Tc);
+}
+
+fn s3_v6(hook: Hook) {
+    let net = dual_stack();
+    let c1 = &net.containers[0];
+    let c1_ip = c1.ip(Family::V6);
+    let tcp = servers::tcp_at(&c1.ns, "c1", any(Family::V6, 80)).unwrap();
+    let udp = servers::udp_at(&c1.ns, "c1", any(Family::V6, 53)).unwrap();
+    let instance = start(
+        &net,
+        hook,
+        &[
+            wildcard(8080, 80, false, c1_ip),
+            wildcard(5353, 53, true, c1_ip),
+        ],
+        &[],
+    );
+    let host = net.host_ip(Family::V6);
+    let client_ip = net.client_ip(Family::V6);
+
+    for port in [8081, 80] {
+        let refused = net
+            .client
+            .run(|| servers::tcp_ask_at(None, at(host, port), ASK))
+            .expect_err("nothing listens on an unpublished port of the host");
+        assert!(
+            format!("{refused:#}").contains("refused"),
+            "TCP to [{host}]:{port} is refused by the host: {refused:#}"
+        );
+    }
+    for port in [5354, 53] {
+        let unanswered = net
+            .client
+            .run(|| servers::udp_ask_at(at(client_ip, 0), at(host, port), NO_ANSWER));
+        assert!(
+            unanswered.is_err(),
+            "UDP to [{host}]:{port} is not answered: {unanswered:?}"
+        );
+    }
+    assert_eq!(
+        settled_count(&tcp),
+        0,
+        "no connection to an unpublished port reached c1"
+    );
+    assert_eq!(
+        udp.seen().len(),
+        0,
+        "no datagram to an unpublished port reached c1"
+    );
+
+    // Straight to the container's address, no Docker rules: routed, untouched.
+    let (local, answer) = net.client.run(|| {
+        let mut conn = servers::tcp_connect_at(None, at(c1_ip, 80), ASK)
+            .unwrap_or_else(|e| panic!("direct TCP to [{c1_ip}]:80: {e:#}"));
+        let answer = servers::tcp_ask_on_at(&mut conn).expect("an answer on the direct connection");
+        (conn.local_addr().unwrap(), answer)
+    });
+    assert_eq!(answer.server, "c1", "direct TCP reaches c1");
+    assert_eq!(
+        answer.saw, local,
+        "direct TCP: c1 sees the client's own socket"
+    );
+    let from = at(client_ip, 31_000);
+    let (answer, source) = net
+        .client
+        .run(|| servers::udp_ask_at(from, at(c1_ip, 53), ASK))
+        .unwrap_or_else(|e| panic!("direct UDP to [{c1_ip}]:53: {e:#}"));
+    assert_eq!(
+        answer.saw, from,
+        "direct UDP: c1 sees the client's own socket"
+    );
+    assert_eq!(
+        source,
+        at(c1_ip, 53),
+        "direct UDP: the answer comes from c1's own address, not the published one"
+    );
+
+    let untranslated = stats(&net, &instance);
+    for reason_name in [
+        "uplink.translated",
+        "tc_forward.redirected",
+        "tc_reply.translated",
+    ] {
+        assert_eq!(
+            reason(&untranslated, reason_name),
+            0,
+            "{reason_name}: nothing was translated: {untranslated}"
+        );
+    }
+    assert!(
+        reason(&untranslated, "uplink.pass.no_binding") >= 6,
+        "the uplink hook passed each request as no binding's: {untranslated}"
+    );
+    assert_eq!(
+        untranslated["flows"], 0,
+        "no flow was recorded: {untranslated}"
+    );
+
+    // Docker's ip6tables rules for the bridge: direct access from outside is dropped.
+    let subnet = portmap_tests::topology::BRIDGE_SUBNET6;
+    for rule in portmap_tests::topology::docker_rules(BRIDGE, subnet) {
+        let rule = rule.replace("127.0.0.0/8", "::1/128");
+        let args: Vec<&str> = rule.split_whitespace().collect();
+        net.host
+            .exec("ip6tables", &args)
+            .unwrap_or_else(|e| panic!("ip6tables {rule}: {e:#}"));
+    }
+    let (tcp_before, udp_before) = (tcp.seen().len(), udp.seen().len());
+    let dropped = net
+        .client
+        .run(|| servers::tcp_ask_at(None, at(c1_ip, 80), NO_ANSWER))
+        .expect_err("Docker's isolation rule drops direct access");
+    assert!(
+        format!("{dropped:#}").contains("timed out"),
+        "direct TCP is dropped, not refused: {dropped:#}"
+    );
+    let dropped = net
+        .client
+        .run(|| servers::udp_ask_at(at(client_ip, 0), at(c1_ip, 53), NO_ANSWER));
+    assert!(dropped.is_err(), "direct UDP is dropped: {dropped:?}");
+    assert_eq!(
+        settled_count(&tcp),
+        tcp_before,
+        "no direct connection reached c1"
+    );
+    assert_eq!(
+        udp.seen().len(),
+        udp_before,
+        "no direct datagram reached c1"
+    );
+
+    let answer = net
+        .client
+        .run(|| servers::tcp_ask_at(None, at(host, 8080), ASK))
+        .unwrap_or_else(|e| panic!("the published port under Docker's rules: {e:#}"));
+    assert_eq!(
+        (answer.server.as_str(), answer.saw.ip()),
+        ("c1", client_ip),
+        "the published port still reaches c1 with the client's address"
+    );
+}
+
+// S4, IPv6, XDP: `[::]:8000:8000` to frontend and `[::]:5000:8000` to backend, both serving on
+// port 8000, TCP and UDP: with a connection (and a socket) open to each host port at once and
+// used in turn, each host port reaches its own container, which sees the client, and each UDP
+// answer comes from the host port its datagram went to.
+#[test]
+fn s4_v6_two_services_same_container_port_each_reached_by_its_host_port() {
+    s4_v6(Hook::Xdp);
+}
+
+// S4, IPv6, TC hook.
+#[test]
+fn s4_v6_tc_two_services_same_container_port_each_reached_by_its_host_port() {
+    s4_v6(Hook::Tc);
+}
+
+fn s4_v6(hook: Hook) {
+    let net = topology(&Options {
+        ipv6: true,
+        containers: &["frontend", "backend"],
+        ..Options::default()
+    });
+    let (front, back) = (net.container("frontend"), net.container("backend"));
+    let (front_ip, back_ip) = (front.ip(Family::V6), back.ip(Family::V6));
+    let _servers: Vec<Server> = [front, back]
+        .iter()
+        .flat_map(|c| {
+            [
+                servers::tcp_at(&c.ns, &c.name, any(Family::V6, 8000)).unwrap(),
+                servers::udp_at(&c.ns, &c.name, any(Family::V6, 8000)).unwrap(),
+            ]
+        })
+        .collect();
+    let instance = start(
+        &net,
+        hook,
+        &[
+            format!("[::]:8000:8000={front_ip}"),
+            format!("[::]:5000:8000={back_ip}"),
+            format!("[::]:8000:8000/udp={front_ip}"),
+            format!("[::]:5000:8000/udp={back_ip}"),
+        ],
+        &[],
+    );
+    for line in [
+        format!("8000/tcp -> [::]:8000 => [{front_ip}]:8000"),
+        format!("8000/tcp -> [::]:5000 => [{back_ip}]:8000"),
+        format!("8000/udp -> [::]:8000 => [{front_ip}]:8000"),
+        format!("8000/udp -> [::]:5000 => [{back_ip}]:8000"),
+    ] {
+        assert!(
+            instance.banner.contains(&line),
+            "run announces {line:?}:\n{}",
+            instance.banner
+        );
+    }
+    let host = net.host_ip(Family::V6);
+    let client_ip = net.client_ip(Family::V6);
+    let routes = [(8000, "frontend"), (5000, "backend")];
+
+    let mut conns: Vec<_> = routes
+        .iter()
+        .map(|&(port, _)| {
+            net.client
+                .run(|| servers::tcp_connect_at(None, at(host, port), ASK))
+                .unwrap_or_else(|e| panic!("TCP to [{host}]:{port}: {e:#}"))
+        })
+        .collect();
+    let sockets: Vec<UdpSocket> = routes
+        .iter()
+        .map(|_| {
+            net.client.run(|| {
+                let socket = UdpSocket::bind(at(client_ip, 0)).unwrap();
+                socket.set_read_timeout(Some(ASK)).unwrap();
+                socket
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        for (i, &(port, expected)) in routes.iter().enumerate() {
+            let to = at(host, port);
+            let answer = servers::tcp_ask_on_at(&mut conns[i])
+                .unwrap_or_else(|e| panic!("round {round}, TCP to {to}: {e:#}"));
+            assert_eq!(answer.server, expected, "round {round}: TCP to {to}");
+            assert_eq!(
+                answer.saw,
+                conns[i].local_addr().unwrap(),
+                "round {round}: TCP to {to}: {expected} sees the client's socket"
+            );
+            let (answer, source) = udp_ask_on(&sockets[i], to)
+                .unwrap_or_else(|e| panic!("round {round}, UDP to {to}: {e:#}"));
+            assert_eq!(answer.server, expected, "round {round}: UDP to {to}");
+            assert_eq!(
+                answer.saw,
+                sockets[i].local_addr().unwrap(),
+                "round {round}: UDP to {to}: {expected} sees the client's socket"
+            );
+            assert_eq!(source, to, "round {round}: the UDP answer comes from {to}");
+        }
+    }
+}
+
+// S5, IPv6, XDP: `8080:80` and `9090:80` to the same container, TCP and UDP: with a
+// connection (and a socket) open through each host port at once and used in turn, every reply
+// leaves through the port its flow came in on, which takes flow state, not a reverse rule;
+// each binding counts its own replies.
+#[test]
+fn s5_v6_one_container_two_host_ports_replies_keep_their_port() {
+    s5_v6(Hook::Xdp);
+}
+
+// S5, IPv6, TC hook.
+#[test]
+fn s5_v6_tc_one_container_two_host_ports_replies_keep_their_port() {
+    s5_v6(Hook::Tc);
+}
+
+fn s5_v6(hook: Hook) {
+    let net = dual_stack();
+    let c1 = &net.containers[0];
+    let c1_ip = c1.ip(Family::V6);
+    let tcp = servers::tcp_at(&c1.ns, "c1", any(Family::V6, 80)).unwrap();
+    let _udp = servers::udp_at(&c1.ns, "c1", any(Family::V6, 80)).unwrap();
+    let instance = start(
+        &net,
+        hook,
+        &[
+            wildcard(8080, 80, false, c1_ip),
+            wildcard(9090, 80, false, c1_ip),
+            wildcard(8080, 80, true, c1_ip),
+            wildcard(9090, 80, true, c1_ip),
+        ],
+        &[],
+    );
+    let host = net.host_ip(Family::V6);
+    let client_ip = net.client_ip(Family::V6);
+    let ports = [8080, 9090];
+    const ROUNDS: u64 = 3;
+
+    let mut conns: Vec<_> = ports
+        .iter()
+        .map(|&port| {
+            net.client
+                .run(|| servers::tcp_connect_at(None, at(host, port), ASK))
+                .unwrap_or_else(|e| panic!("TCP to [{host}]:{port}: {e:#}"))
+        })
+        .collect();
+    let sockets: Vec<UdpSocket> = ports
+        .iter()
+        .map(|_| {
+            net.client.run(|| {
+                let socket = UdpSocket::bind(at(client_ip, 0)).unwrap();
+                socket.set_read_timeout(Some(ASK)).unwrap();
+                socket
+            })
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        for (i, &port) in ports.iter().enumerate() {
+            let to = at(host, port);
+            assert_eq!(
+                conns[i].peer_addr().unwrap(),
+                to,
+                "the connection is to {to}"
+            );
+            let answer = servers::tcp_ask_on_at(&mut conns[i])
+                .unwrap_or_else(|e| panic!("round {round}, TCP through {port}: {e:#}"));
+            assert_eq!(answer.server, "c1", "round {round}: TCP through {port}");
+            assert_eq!(
+                answer.saw,
+                conns[i].local_addr().unwrap(),
+                "round {round}: TCP through {port}: c1 sees the client's socket"
+            );
+            let (answer, source) = udp_ask_on(&sockets[i], to)
+                .unwrap_or_else(|e| panic!("round {round}, UDP through {port}: {e:#}"));
+            assert_eq!(
+                source, to,
+                "round {round}: the UDP reply to a flow through {port} comes from {to}"
+            );
+            assert_eq!(
+                answer.saw,
+                sockets[i].local_addr().unwrap(),
+                "round {round}: UDP through {port}: c1 sees the client's socket"
+            );
+        }
+    }
+    assert_eq!(tcp.seen().len(), 2, "two connections reached c1");
+
+    let stats = stats(&net, &instance);
+    for port in ports {
+        let host_side = any(Family::V6, port);
+        assert_eq!(
+            binding_counter(&stats, "udp", host_side, "to_client_packets"),
+            ROUNDS,
+            "the UDP replies of {port}'s flow are counted on {port}: {stats}"
+        );
+        assert!(
+            binding_counter(&stats, "tcp", host_side, "to_client_packets") >= ROUNDS,
+            "the TCP replies of {port}'s connection are counted on {port}: {stats}"
+        );
+        assert_eq!(
+            binding_flows(&stats, "tcp", host_side),
+            1,
+            "one live TCP flow on {port}: {stats}"
+        );
+    }
+}
