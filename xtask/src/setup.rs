@@ -32,6 +32,9 @@ const APT_PACKAGES: &[&str] = &[
     // The reference CNI plugins (bridge, host-local, portmap) `e2e_cni` chains portmap-ebpf
     // with and compares it to, and the bench's `cni-portmap` mode runs.
     "containernetworking-plugins",
+    // The bench's nftables-map mode, and its conntrack flush between runs.
+    "nftables",
+    "conntrack",
 ];
 
 /// Debian's `policy-rc.d` convention: while `/usr/sbin/policy-rc.d` exits 101, package scripts
