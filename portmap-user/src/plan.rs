@@ -551,15 +551,16 @@ fn expand(
 /// container has no address of, unless it is the twin of a spec without host IP whose other
 /// twin is served (a single-stack container behind `8080:80` is published on its family).
 fn refuse_unserved(endpoints: &[Endpoint]) -> Result<(), PlanError> {
+    let served_groups: std::collections::HashSet<_> = endpoints
+        .iter()
+        .filter(|e| e.unserved().is_none())
+        .map(|e| e.group)
+        .collect();
     for endpoint in endpoints {
         if endpoint.unserved().is_none() {
             continue;
         }
-        let other_twin_served = endpoint.twin
-            && endpoints
-                .iter()
-                .any(|e| e.group == endpoint.group && e.unserved().is_none());
-        if other_twin_served {
+        if endpoint.twin && served_groups.contains(&endpoint.group) {
             continue;
         }
         let reason = if endpoint.proto == Proto::Sctp {
