@@ -7,6 +7,10 @@ fn main() -> ExitCode {
     // Usage errors exit with 2 from here, before anything else runs.
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if matches!(cli.command, cli::Command::Run(_)) {
+        // Before any thread exists.
+        portmap_user::reserve::make_room();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
