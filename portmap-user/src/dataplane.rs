@@ -26,6 +26,7 @@ use portmap_common::{
 };
 
 use crate::{
+    batch,
     netdev::{HostAddrs, Interface},
     plan::Binding,
 };
@@ -51,6 +52,18 @@ pub struct Dataplane {
     /// The cookie of the network namespace served, which the socket programs compare; `None`
     /// where the kernel cannot tell it (before 5.14).
     netns_cookie: Option<u64>,
+    /// What the binding maps hold now, so that a change writes only what it changes.
+    entries: Entries,
+}
+
+/// The binding maps' contents, as last written.
+#[derive(Default)]
+struct Entries {
+    v4: KeyMap<4>,
+    v6: KeyMap<16>,
+    /// Whether two bindings want one key (a specific one over a wildcard's, which the planner
+    /// refuses but the maps define): removing one must then recompute what the other gets.
+    shadowed: bool,
 }
 
 /// How long an idle flow is remembered, by kind.
@@ -96,6 +109,16 @@ impl IdPool {
         })
     }
 
+    /// For an id published before, its next generation, recorded as current; `None` for one
+    /// never used (generation 0, as the map starts), now recorded as used.
+    fn reuse(&mut self, id: u32) -> Option<u32> {
+        if let std::collections::hash_map::Entry::Vacant(first) = self.gens.entry(id) {
+            first.insert(0);
+            return None;
+        }
+        Some(self.bump(id))
+    }
+
     /// The id's next generation, recorded as current.
     fn bump(&mut self, id: u32) -> u32 {
         let generation = self.gens.entry(id).or_default();
@@ -135,6 +158,12 @@ pub struct Published {
     pub bridge: Interface,
 }
 
+/// A binding map's entries as userspace keeps them. Tens of thousands of keys are hashed
+/// several times per publication; a fast hasher (the keys are ours, not an attacker's)
+/// takes a few milliseconds off publishing 10,000 bindings.
+type KeyMap<const N: usize> =
+    StdHashMap<BindingKey<N>, BindingTarget<N>, foldhash::fast::FixedState>;
+
 /// The kernel's binding entries of one family (`N` is its address length) for `published`: a
 /// specific binding is one key, a wildcard one key per local address of its family, except
 /// where a specific binding holds that address and port (the planner refuses such overlaps, as
@@ -142,7 +171,7 @@ pub struct Published {
 pub fn binding_entries<const N: usize>(
     published: &[Published],
     local_addrs: &[IpAddr],
-) -> StdHashMap<BindingKey<N>, BindingTarget<N>> {
+) -> KeyMap<N> {
     let entry_of = |published: &Published, addr: [u8; N]| {
         let Binding {
             host_ip: _,
@@ -169,7 +198,7 @@ pub fn binding_entries<const N: usize>(
     let (specific, wildcard): (Vec<&Published>, Vec<&Published>) =
         of_family.partition(|p| p.binding.host_ip.is_some());
     let local: Vec<[u8; N]> = local_addrs.iter().filter_map(|a| octets::<N>(*a)).collect();
-    let mut entries = StdHashMap::new();
+    let mut entries = KeyMap::default();
     for published in wildcard {
         entries.extend(local.iter().map(|addr| entry_of(published, *addr)));
     }
@@ -181,6 +210,26 @@ pub fn binding_entries<const N: usize>(
         entries.insert(key, value);
     }
     entries
+}
+
+/// How many keys `published` would take if none shared one: a specific binding one, a
+/// wildcard one per local address of its family.
+fn key_count(published: &[Published], local_addrs: &[IpAddr]) -> usize {
+    let (v4, v6) = local_addrs.iter().fold((0, 0), |(v4, v6), a| {
+        if a.is_ipv4() {
+            (v4 + 1, v6)
+        } else {
+            (v4, v6 + 1)
+        }
+    });
+    published
+        .iter()
+        .map(|p| match (p.binding.host_ip, p.binding.is_ipv6()) {
+            (Some(_), _) => 1,
+            (None, false) => v4,
+            (None, true) => v6,
+        })
+        .sum()
 }
 
 /// The bytes of `ip` if it is of the family whose addresses are `N` bytes long.
@@ -246,6 +295,7 @@ impl Dataplane {
             attached: false,
             ids: IdPool::default(),
             netns_cookie,
+            entries: Entries::default(),
         })
     }
 
@@ -399,19 +449,22 @@ impl Dataplane {
         let mut stats: PerCpuArray<_, BindingStats> = typed(stats, names::BINDING_STATS)?;
         let mut gens: Array<_, u32> = typed(gens, names::BINDING_GEN)?;
         for entry in added.iter_mut() {
-            // The new generation is in place before the binding is visible, so its first flow
-            // already carries it.
-            entry.generation = self.ids.bump(entry.id);
+            // An id never used before has generation 0 and zero counters, as the maps were
+            // created: nothing to write (ten thousand bindings would take twenty thousand
+            // calls). A reused one gets the next generation, in place before the binding is
+            // visible so that its first flow already carries it, and its counters zeroed.
+            let Some(generation) = self.ids.reuse(entry.id) else {
+                entry.generation = 0;
+                continue;
+            };
+            entry.generation = generation;
             gens.set(entry.id, entry.generation, 0)
                 .with_context(|| format!("setting the generation of {}", entry.binding))?;
             stats
                 .set(entry.id, zeroed_stats(cpus)?, 0)
                 .with_context(|| format!("zeroing the counters of {}", entry.binding))?;
         }
-        let mut all = self.published.clone();
-        all.extend(added.iter().cloned());
-        let local = self.addrs.local();
-        self.apply_bindings(&self.published.clone(), &all, &local, &local)
+        self.apply_added(added)
     }
 
     /// Withdraws the bindings with these ids. Their kernel entries go first, so no new packet is
@@ -423,13 +476,14 @@ impl Dataplane {
     ///
     /// When a map write fails.
     pub fn remove(&mut self, ids: &[u32]) -> anyhow::Result<Vec<Published>> {
-        let (removed, kept): (Vec<Published>, Vec<Published>) = self
-            .published
-            .iter()
-            .cloned()
+        let (removed, kept): (Vec<Published>, Vec<Published>) = std::mem::take(&mut self.published)
+            .into_iter()
             .partition(|p| ids.contains(&p.id));
-        let local = self.addrs.local();
-        self.apply_bindings(&self.published.clone(), &kept, &local, &local)?;
+        if let Err(error) = self.apply_removed(&removed, &kept) {
+            self.published = kept;
+            self.published.extend(removed);
+            return Err(error);
+        }
         self.published = kept;
         let mut gens: Array<_, u32> =
             typed(self.ebpf.map_mut(names::BINDING_GEN), names::BINDING_GEN)?;
@@ -473,8 +527,10 @@ impl Dataplane {
     ///
     /// When a map write fails; the previous addresses then stay in force.
     pub fn set_host_addrs(&mut self, addrs: HostAddrs) -> anyhow::Result<()> {
-        let published = self.published.clone();
-        self.apply_bindings(&published, &published, &self.addrs.local(), &addrs.local())?;
+        let published = std::mem::take(&mut self.published);
+        let applied = self.apply_all(&published, &addrs.local());
+        self.published = published;
+        applied?;
         self.addrs = addrs;
         for bridge in self.bridges.clone() {
             self.describe_bridge(&bridge)?;
@@ -497,27 +553,87 @@ impl Dataplane {
         self.set_host_addrs(HostAddrs::from_list(list))
     }
 
-    /// Moves both binding maps from what `before` published over `before_local` to what
-    /// `after` publishes over `after_local`; IPv6 is undone if IPv4 then fails.
-    fn apply_bindings(
+    /// Writes the entries of `added` (published beside what is) and nothing else, unless one of
+    /// their keys is taken already: then every entry is recomputed.
+    fn apply_added(&mut self, added: &[Published]) -> anyhow::Result<()> {
+        let local = self.addrs.local();
+        let (new4, new6) = (
+            binding_entries::<4>(added, &local),
+            binding_entries::<16>(added, &local),
+        );
+        let taken = new4.keys().any(|k| self.entries.v4.contains_key(k))
+            || new6.keys().any(|k| self.entries.v6.contains_key(k))
+            || new4.len() + new6.len() != key_count(added, &local);
+        if taken {
+            let mut all = std::mem::take(&mut self.published);
+            let before = all.len();
+            all.extend(added.iter().cloned());
+            let applied = self.apply_all(&all, &local);
+            all.truncate(before);
+            self.published = all;
+            return applied;
+        }
+        self.apply_both(&KeyMap::default(), &new4, &KeyMap::default(), &new6)?;
+        self.entries.v4.extend(new4);
+        self.entries.v6.extend(new6);
+        Ok(())
+    }
+
+    /// Deletes the entries of `removed`, unless a key of theirs shadows another binding's:
+    /// then every entry `kept` wants is recomputed.
+    fn apply_removed(&mut self, removed: &[Published], kept: &[Published]) -> anyhow::Result<()> {
+        let local = self.addrs.local();
+        if self.entries.shadowed {
+            return self.apply_all(kept, &local);
+        }
+        let (old4, old6) = (
+            binding_entries::<4>(removed, &local),
+            binding_entries::<16>(removed, &local),
+        );
+        self.apply_both(&old4, &KeyMap::default(), &old6, &KeyMap::default())?;
+        for key in old4.keys() {
+            self.entries.v4.remove(key);
+        }
+        for key in old6.keys() {
+            self.entries.v6.remove(key);
+        }
+        Ok(())
+    }
+
+    /// Moves both binding maps to what `published` wants over `local`, every entry computed.
+    fn apply_all(&mut self, published: &[Published], local: &[IpAddr]) -> anyhow::Result<()> {
+        let (new4, new6) = (
+            binding_entries::<4>(published, local),
+            binding_entries::<16>(published, local),
+        );
+        let (old4, old6) = (
+            std::mem::take(&mut self.entries.v4),
+            std::mem::take(&mut self.entries.v6),
+        );
+        if let Err(error) = self.apply_both(&old4, &new4, &old6, &new6) {
+            self.entries.v4 = old4;
+            self.entries.v6 = old6;
+            return Err(error);
+        }
+        self.entries.shadowed = new4.len() + new6.len() != key_count(published, local);
+        self.entries.v4 = new4;
+        self.entries.v6 = new6;
+        Ok(())
+    }
+
+    /// Moves each binding map from its `old` entries to its `new` ones; IPv6 is undone if IPv4
+    /// then fails.
+    fn apply_both(
         &mut self,
-        before: &[Published],
-        after: &[Published],
-        before_local: &[IpAddr],
-        after_local: &[IpAddr],
+        old4: &KeyMap<4>,
+        new4: &KeyMap<4>,
+        old6: &KeyMap<16>,
+        new6: &KeyMap<16>,
     ) -> anyhow::Result<()> {
-        let (old6, new6) = (
-            binding_entries::<16>(before, before_local),
-            binding_entries::<16>(after, after_local),
-        );
-        self.apply_entries(names::BINDINGS_V6, &old6, &new6)?;
-        let written = self.apply_entries(
-            names::BINDINGS_V4,
-            &binding_entries::<4>(before, before_local),
-            &binding_entries::<4>(after, after_local),
-        );
+        self.apply_entries(names::BINDINGS_V6, old6, new6)?;
+        let written = self.apply_entries(names::BINDINGS_V4, old4, new4);
         if written.is_err() {
-            let _ = self.apply_entries(names::BINDINGS_V6, &new6, &old6);
+            let _ = self.apply_entries(names::BINDINGS_V6, new6, old6);
         }
         written
     }
@@ -528,8 +644,8 @@ impl Dataplane {
     fn apply_entries<const N: usize>(
         &mut self,
         name: &str,
-        before: &StdHashMap<BindingKey<N>, BindingTarget<N>>,
-        after: &StdHashMap<BindingKey<N>, BindingTarget<N>>,
+        before: &KeyMap<N>,
+        after: &KeyMap<N>,
     ) -> anyhow::Result<()>
     where
         BindingKey<N>: aya::Pod,
@@ -538,33 +654,49 @@ impl Dataplane {
         if before == after {
             return Ok(());
         }
+        let (keys, values): (Vec<BindingKey<N>>, Vec<BindingTarget<N>>) = after
+            .iter()
+            .filter(|(key, value)| before.get(key) != Some(value))
+            .map(|(key, value)| (*key, *value))
+            .unzip();
+        let stale: Vec<BindingKey<N>> = before
+            .keys()
+            .filter(|key| !after.contains_key(key))
+            .copied()
+            .collect();
         let mut map: HashMap<_, BindingKey<N>, BindingTarget<N>> =
             typed(self.ebpf.map_mut(name), name)?;
-        let mut written: Vec<BindingKey<N>> = Vec::new();
-        for (key, value) in after {
-            if before.get(key) == Some(value) {
-                continue;
+        let written = match batch::update(map_fd(&map), &keys, &values) {
+            Ok(()) => Ok(keys.len()),
+            // A kernel without batch calls (before 5.6): one entry at a time.
+            Err(stopped) if stopped.done == 0 && unsupported(&stopped.error) => {
+                write_each(&mut map, &keys, &values)
             }
-            if let Err(error) = map.insert(key, value, 0) {
-                for key in &written {
-                    let _ = match before.get(key) {
-                        Some(old) => map.insert(key, old, 0),
-                        None => map.remove(key),
-                    };
-                }
-                return Err(error).with_context(|| {
-                    format!(
-                        "writing {} port {} to {name} ({} entries)",
-                        ip_of(&key.addr),
-                        u16::from_be_bytes(key.port),
-                        after.len()
-                    )
-                });
+            Err(stopped) => Err(stopped),
+        };
+        if let Err(stopped) = written {
+            for key in &keys[..stopped.done] {
+                let _ = match before.get(key) {
+                    Some(old) => map.insert(key, old, 0),
+                    None => map.remove(key),
+                };
             }
-            written.push(*key);
+            let key = &keys[stopped.done.min(keys.len() - 1)];
+            return Err(anyhow!(stopped.error)).with_context(|| {
+                format!(
+                    "writing {} port {} to {name} ({} entries)",
+                    ip_of(&key.addr),
+                    u16::from_be_bytes(key.port),
+                    after.len()
+                )
+            });
         }
-        for key in before.keys().filter(|key| !after.contains_key(key)) {
-            let _ = map.remove(key);
+        // Stale keys last, so no key that stays is ever missing; one that is gone already
+        // (a concurrent change) stops a batch, and the rest go one at a time.
+        if let Err(stopped) = batch::delete(map_fd(&map), &stale) {
+            for key in &stale[stopped.done..] {
+                let _ = map.remove(key);
+            }
         }
         Ok(())
     }
@@ -767,6 +899,41 @@ where
         let _ = flows.remove(key);
     }
     Ok(stale.len())
+}
+
+/// The file descriptor of a typed map, for the batch calls.
+fn map_fd<'a, K: aya::Pod, V: aya::Pod>(
+    map: &'a HashMap<&mut MapData, K, V>,
+) -> std::os::fd::BorrowedFd<'a> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    map.map().fd().as_fd()
+}
+
+/// Whether a batch call failed because this kernel has none.
+fn unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        // ENOTSUPP (524) is the kernel's own, not in libc.
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | 524)
+    )
+}
+
+/// Writes the entries one call each; on a failure, how many were written.
+fn write_each<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    keys: &[K],
+    values: &[V],
+) -> Result<usize, batch::Stopped> {
+    for (done, (key, value)) in keys.iter().zip(values).enumerate() {
+        if let Err(error) = map.insert(key, value, 0) {
+            return Err(batch::Stopped {
+                done,
+                error: io::Error::other(error.to_string()),
+            });
+        }
+    }
+    Ok(keys.len())
 }
 
 /// This network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14), if the kernel tells it.

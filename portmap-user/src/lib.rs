@@ -13,6 +13,7 @@
 //! - [`conntrack`]: handing connections back to conntrack when portmap stops;
 //! - [`cli`]: the `portmap` command.
 
+pub mod batch;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
