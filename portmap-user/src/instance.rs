@@ -67,6 +67,8 @@ pub struct Instance {
     containers: Vec<ContainerAddr>,
     /// The bridge `run` was given: where bindings go unless an `add` names another.
     bridge: Interface,
+    /// What the last publication added, until [`Instance::take_just_published`].
+    just_published: Vec<Binding>,
 }
 
 /// How to publish a set of bindings.
@@ -124,6 +126,7 @@ impl Instance {
                 .collect(),
             containers,
             bridge: bridge.clone(),
+            just_published: Vec::new(),
         })
     }
 
@@ -332,10 +335,14 @@ impl Instance {
                         _reservation: reservation,
                     }),
             );
-        if !displaced.is_empty() {
-            self.sweep();
-        }
+        self.just_published = added.iter().map(|p| p.binding.clone()).collect();
         Ok(added)
+    }
+
+    /// The bindings the last publication added (once), for work that follows a publication
+    /// without holding up its answer.
+    pub fn take_just_published(&mut self) -> Vec<Binding> {
+        std::mem::take(&mut self.just_published)
     }
 
     /// Puts displaced bindings back after a failed replacement, as far as the system lets it.
@@ -433,22 +440,13 @@ impl Instance {
             .into_iter()
             .partition(|live| ids.contains(&live.published.id));
         self.live = kept;
-        self.sweep();
+        // The withdrawn bindings' flows are dead already (their generation is gone); the
+        // periodic expiry deletes them, so a removal does not wait on a walk of the flow table.
         // Dropping `gone` releases the host ports it held.
         Ok(gone
             .into_iter()
             .map(|live| (live.published, live.owner))
             .collect())
-    }
-
-    /// Clears dead flows out of the table. Their replies are no longer translated either way
-    /// (their generation is gone); this only gives the room back.
-    fn sweep(&mut self) {
-        match self.dataplane.sweep_flows() {
-            Ok(0) => {}
-            Ok(n) => log::debug!("swept {n} flows of withdrawn bindings"),
-            Err(error) => log::warn!("could not sweep the flow table: {error:#}"),
-        }
     }
 
     fn stats(&self) -> Result<Response, Refused> {

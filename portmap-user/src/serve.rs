@@ -123,7 +123,8 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             .attach(&config.uplink, &config.bridge, config.hook)
     };
     ready().map_err(Failure::Runtime)?;
-    release_flows(&all_bindings(&instance), &local_addrs(&instance));
+    let releaser = Releaser::start();
+    releaser.release(all_bindings(&instance), local_addrs(&instance));
     let mut cgroup = config.cgroup.as_deref();
     if let Some(dir) = cgroup {
         match instance.dataplane_mut().attach_cgroup(dir) {
@@ -217,16 +218,18 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             _ = expiry_tick.tick() => expiry.run(&mut instance),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if answer(&mut instance, stream).await {
-                        release_flows(&all_bindings(&instance), &local_addrs(&instance));
-                    }
+                    answer(&mut instance, stream).await;
+                    releaser.release(instance.take_just_published(), local_addrs(&instance));
                 }
                 Err(error) => log::warn!("control socket: {error}"),
             },
             update = updates.recv(), if follower.is_some() => match (update, follower.as_mut()) {
                 (Some(update), Some(follower)) => {
                     let published = follower.apply(&mut instance, update);
-                    release_flows(&published, &local_addrs(&instance));
+                    // The follower returns what it published; the instance's own note of it
+                    // would release them twice.
+                    let _ = instance.take_just_published();
+                    releaser.release(published, local_addrs(&instance));
                 }
                 // The event task ended (it only does when the loop is gone); stop asking.
                 _ => follower = None,
@@ -234,6 +237,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         }
     }
 
+    releaser.finish();
     let handover = if config.docker.is_some() {
         HANDOVER
     } else {
@@ -287,10 +291,47 @@ fn all_bindings(instance: &Instance) -> Vec<Binding> {
     instance.published().map(|p| p.binding.clone()).collect()
 }
 
-/// Marks the TCP connections conntrack tracks for `bindings`, just published, so that
-/// conntrack takes them back when portmap stops (see [`conntrack`]). A failure costs only
-/// that, so it is logged (loudly once).
-fn release_flows(bindings: &[Binding], local_addrs: &[IpAddr]) {
+/// Marks the TCP connections conntrack tracks for bindings just published, so that conntrack
+/// takes them back when portmap stops (see [`conntrack`]). On a thread of its own: a pass reads
+/// the whole conntrack table, which must not hold up the next control request; publications
+/// that arrive during a pass are taken together in the next one. A failure costs only that, so
+/// it is logged (loudly once).
+struct Releaser {
+    queue: std::sync::mpsc::Sender<(Vec<Binding>, Vec<IpAddr>)>,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl Releaser {
+    fn start() -> Self {
+        let (queue, published) = std::sync::mpsc::channel::<(Vec<Binding>, Vec<IpAddr>)>();
+        let worker = std::thread::spawn(move || {
+            while let Ok((mut bindings, mut local_addrs)) = published.recv() {
+                for (more, addrs) in published.try_iter() {
+                    bindings.extend(more);
+                    local_addrs = addrs;
+                }
+                release_now(&bindings, &local_addrs);
+            }
+        });
+        Self { queue, worker }
+    }
+
+    fn release(&self, bindings: Vec<Binding>, local_addrs: Vec<IpAddr>) {
+        if !bindings.is_empty() {
+            // The worker only ends after `finish`.
+            let _ = self.queue.send((bindings, local_addrs));
+        }
+    }
+
+    /// Waits for the passes asked for so far (each bounded in time): when portmap stops, the
+    /// connections it was asked to hand back must be marked first.
+    fn finish(self) {
+        drop(self.queue);
+        let _ = self.worker.join();
+    }
+}
+
+fn release_now(bindings: &[Binding], local_addrs: &[IpAddr]) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     match conntrack::release(bindings, local_addrs) {
         Ok(0) => {}
@@ -408,9 +449,8 @@ impl FlowExpiry {
     }
 }
 
-/// Reads one request from `stream`, applies it, writes the answer; whether it published
-/// something.
-async fn answer(instance: &mut Instance, stream: UnixStream) -> bool {
+/// Reads one request from `stream`, applies it, writes the answer.
+async fn answer(instance: &mut Instance, stream: UnixStream) {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
     let read = tokio::time::timeout(
@@ -420,15 +460,9 @@ async fn answer(instance: &mut Instance, stream: UnixStream) -> bool {
             .read_line(&mut line),
     )
     .await;
-    let mut published = false;
     let response = match read {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let adds = matches!(request, Request::Add { .. });
-                let response = instance.handle(request);
-                published = adds && response.error.is_none();
-                response
-            }
+            Ok(request) => instance.handle(request),
             Err(error) => Response::failed(format!("malformed request: {error}"), true),
         },
         Ok(Err(error)) => Response::failed(format!("reading the request: {error}"), false),
@@ -440,7 +474,6 @@ async fn answer(instance: &mut Instance, stream: UnixStream) -> bool {
     if let Err(error) = writer.write_all(json.as_bytes()).await {
         log::debug!("control client went away before its answer: {error}");
     }
-    published
 }
 
 /// The control socket, readable and writable by root only.
