@@ -32,6 +32,8 @@ const LOCK_POLL: Duration = Duration::from_millis(10);
 /// How long a freshly started instance may take to answer its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_POLL: Duration = Duration::from_millis(20);
+/// How long an instance seen exiting may take to be gone.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `portmap --version` may take when checking the binary.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a failed instance's log an error quotes.
@@ -121,12 +123,12 @@ pub fn alive(paths: &InstancePaths) -> Result<bool, CniError> {
 ///
 /// As [`start`], or the running instance does not answer (5).
 pub fn ensure(paths: &InstancePaths, launch: &Launch<'_>) -> Result<(), CniError> {
-    if !alive(paths)? {
+    let listed = if alive(paths)? { listing(paths)? } else { None };
+    let Some(listed) = listed else {
         start(paths, launch)?;
         refill(paths, launch.state_dir);
         return Ok(());
-    }
-    let listed = call(paths, &Request::Ls)?;
+    };
     let serves_cni = listed.bindings.iter().any(|b| {
         b.owner
             .as_deref()
@@ -136,6 +138,38 @@ pub fn ensure(paths: &InstancePaths, launch: &Launch<'_>) -> Result<(), CniError
         refill(paths, launch.state_dir);
     }
     Ok(())
+}
+
+/// The running instance's bindings, or `None` when it turns out to be exiting. A killed
+/// instance's sockets close one by one as the kernel tears it down, so its control socket may
+/// still accept a connection that it then closes unanswered; it is gone once its instance lock
+/// is free, which is waited for (bounded) so that a new one can take it.
+fn listing(paths: &InstancePaths) -> Result<Option<Response>, CniError> {
+    let asked = match control::call(paths, &Request::Ls) {
+        Ok(response) => return call_answered(paths, response).map(Some),
+        Err(error) => error,
+    };
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    while Instant::now() < deadline {
+        if !alive(paths)? && lock_free(&paths.lock) {
+            return Ok(None);
+        }
+        std::thread::sleep(START_POLL);
+    }
+    Err(CniError::new(
+        code::IO_FAILURE,
+        format!("reaching the node's portmap: {asked:#}"),
+        format!("control socket {}", paths.socket.display()),
+    ))
+}
+
+/// Whether nobody holds the instance lock at `path` (a missing file: nobody does).
+fn lock_free(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return true;
+    };
+    // SAFETY: flock on a descriptor we own; closing it releases the probe's lock.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Where an instance's log and pid file go: beside the state, named like its socket.
@@ -373,6 +407,11 @@ pub fn call(paths: &InstancePaths, request: &Request) -> Result<Response, CniErr
             format!("control socket {}", paths.socket.display()),
         )
     })?;
+    call_answered(paths, response)
+}
+
+/// An answer, or its refusal as the matching CNI error.
+fn call_answered(paths: &InstancePaths, response: Response) -> Result<Response, CniError> {
     match &response.error {
         None => Ok(response),
         Some(error) => Err(CniError::new(

@@ -472,14 +472,20 @@ impl CniNode {
     }
 }
 
-/// Whether `pid` runs: it exists and is no zombie (the instance is not our child: whoever
-/// inherited it reaps it).
+/// Whether `pid` runs: one of its threads exists and is no zombie (the instance is not our
+/// child: whoever inherited it reaps it). A killed process's leader turns zombie while its
+/// other threads still exit, holding its sockets and programs, so every thread is looked at.
 pub fn running(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // `pid (comm) STATE ...`: the state follows the last ')'.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // `pid (comm) STATE ...`: the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
     })
 }
 
