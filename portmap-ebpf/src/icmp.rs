@@ -162,7 +162,8 @@ pub fn from_client<const N: usize, F: Family<N>>(
     data: usize,
     data_end: usize,
     forward: bool,
-) -> Result<Translated, Reason> {
+    out: &mut Translated,
+) -> Result<(), Reason> {
     let q = quoted::<N, F>(pkt, data, data_end).ok_or(Reason::UplinkPassNotTcpUdp)?;
     // SAFETY: `quoted` bounds-checked the quoted headers; the outer header was by the parser.
     let (host, outer_dst) = unsafe {
@@ -210,12 +211,13 @@ pub fn from_client<const N: usize, F: Family<N>>(
     };
     // The quoted reply's source, and the outer destination that mirrors it.
     translate_error::<N, F>(csums, pkt, &q, Side::Src, Side::Dst, container, ttl)?;
-    Ok(Translated {
+    *out = Translated {
         egress_ifindex: binding.egress_ifindex,
         nexthop: F::nexthop(binding.addr),
         vlan_tagged: pkt.vlan_tagged,
         forwardable,
-    })
+    };
+    Ok(())
 }
 
 /// An ICMP error from a container about a client's packet of a translated flow: sent on to the

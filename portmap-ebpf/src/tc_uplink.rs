@@ -10,7 +10,7 @@ use crate::{
     parse,
     redirect::{self, Verdict},
     rewrite::Skb,
-    translate,
+    translate::{self, Translated},
 };
 
 #[inline(always)]
@@ -20,14 +20,22 @@ pub fn run(ctx: &TcContext) -> Verdict {
     }
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match translate::uplink(ctx, &Skb(ctx), ifindex, ctx.len().into(), true) {
-        Ok(translated) if translated.forwardable && !translated.vlan_tagged => Verdict {
+    let mut translated = Translated::none();
+    match translate::uplink(
+        ctx,
+        &Skb(ctx),
+        ifindex,
+        ctx.len().into(),
+        true,
+        &mut translated,
+    ) {
+        Ok(()) if translated.forwardable && !translated.vlan_tagged => Verdict {
             reason: Reason::UplinkTranslated,
             action: redirect::to_onlink(translated.egress_ifindex, translated.nexthop),
         },
         // Translated, but the stack forwards it: its TTL expires here (the stack sends the
         // ICMP), or its VLAN tag lives outside the frame at TC.
-        Ok(_) => Verdict::pass(Reason::UplinkTranslated),
+        Ok(()) => Verdict::pass(Reason::UplinkTranslated),
         Err(reason @ (Reason::UplinkDropWriteFailed | Reason::UplinkDropLoopback)) => Verdict {
             reason,
             action: TC_ACT_SHOT,

@@ -16,7 +16,10 @@ use crate::{
     stats,
 };
 
-/// A packet rewritten toward its container.
+/// A packet rewritten toward its container: written through the caller's `out` on the paths
+/// that translate, never returned inside a `Result`. A returned struct's fields are undefined on
+/// the error paths, and LLVM may then reload them from stack slots those paths never wrote; 5.10's
+/// verifier rejects such a read even when the value goes unused.
 pub struct Translated {
     /// The bridge the binding sends to.
     pub egress_ifindex: u32,
@@ -26,6 +29,20 @@ pub struct Translated {
     /// Whether the TTL was decremented, as forwarding requires; not when it would expire,
     /// which is left to the stack and its ICMP.
     pub forwardable: bool,
+}
+
+impl Translated {
+    /// Where a hook starts: defined on every path, translated or not.
+    #[inline(always)]
+    pub fn none() -> Self {
+        Self {
+            egress_ifindex: 0,
+            // SAFETY: a plain C struct of integers; all zeroes is a valid value.
+            nexthop: unsafe { core::mem::zeroed() },
+            vlan_tagged: false,
+            forwardable: false,
+        }
+    }
 }
 
 /// Translates a client's packet to a published host address and port, of either family.
@@ -43,11 +60,12 @@ pub fn uplink<C: Frame + EbpfContext>(
     ingress_ifindex: u32,
     len: u64,
     forward: bool,
-) -> Result<Translated, Reason> {
+    out: &mut Translated,
+) -> Result<(), Reason> {
     let mut pkt = Packet::empty();
     match parse::ip(ctx, &mut pkt).map_err(refused)? {
-        Version::V4 => packet::<4, V4, _>(ctx, csums, &pkt, ingress_ifindex, len, forward),
-        Version::V6 => packet::<16, V6, _>(ctx, csums, &pkt, ingress_ifindex, len, forward),
+        Version::V4 => packet::<4, V4, _>(ctx, csums, &pkt, ingress_ifindex, len, forward, out),
+        Version::V6 => packet::<16, V6, _>(ctx, csums, &pkt, ingress_ifindex, len, forward, out),
     }
 }
 
@@ -61,14 +79,15 @@ fn packet<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
     ingress_ifindex: u32,
     len: u64,
     forward: bool,
-) -> Result<Translated, Reason> {
+    out: &mut Translated,
+) -> Result<(), Reason> {
     if pkt.piece == Piece::Later {
-        return later_fragment::<N, F>(csums, pkt, len, forward);
+        return later_fragment::<N, F>(csums, pkt, len, forward, out);
     }
     if pkt.proto == F::ICMP {
-        return icmp::from_client::<N, F>(csums, pkt, ctx.data(), ctx.data_end(), forward);
+        return icmp::from_client::<N, F>(csums, pkt, ctx.data(), ctx.data_end(), forward, out);
     }
-    ports::<N, F, C>(ctx, csums, pkt, ingress_ifindex, len, forward)
+    ports::<N, F, C>(ctx, csums, pkt, ingress_ifindex, len, forward, out)
 }
 
 /// A TCP or UDP packet (or a datagram's first fragment) to a published port.
@@ -80,7 +99,8 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
     ingress_ifindex: u32,
     len: u64,
     forward: bool,
-) -> Result<Translated, Reason> {
+    out: &mut Translated,
+) -> Result<(), Reason> {
     // Addresses are read from the packet (or the keys, once built) where they are needed,
     // not held in registers across helper calls: they would spill to a small stack.
     // SAFETY: `parse::ip` bounds-checked the IP header and the ports.
@@ -119,12 +139,13 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         rewrite::endpoint::<N, F>(csums, pkt, Side::Dst, container, ttl)
             .map_err(|_| Reason::UplinkDropWriteFailed)?;
         stats::to_container(recent.binding_id, len);
-        return Ok(Translated {
+        *out = Translated {
             egress_ifindex: recent.egress_ifindex,
             nexthop: F::nexthop(recent.container),
             vlan_tagged: pkt.vlan_tagged,
             forwardable,
-        });
+        };
+        return Ok(());
     }
 
     let binding = lookup::binding::<N, F>(&host).ok_or(Reason::UplinkPassNoBinding)?;
@@ -168,12 +189,13 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         }
         Err(errno) => record_failed(ctx, key.container_port, errno),
     }
-    Ok(Translated {
+    *out = Translated {
         egress_ifindex: binding.egress_ifindex,
         nexthop: F::nexthop(binding.addr),
         vlan_tagged: pkt.vlan_tagged,
         forwardable,
-    })
+    };
+    Ok(())
 }
 
 /// Rare (an LRU evicts rather than fills up), and it breaks the flow's replies: say so.
@@ -216,7 +238,8 @@ fn later_fragment<const N: usize, F: Family<N>>(
     pkt: &Packet,
     len: u64,
     forward: bool,
-) -> Result<Translated, Reason> {
+    out: &mut Translated,
+) -> Result<(), Reason> {
     let key = flow::arrived_fragment_key::<N, F>(pkt);
     let target = lookup::fragment::<N, F>(&key)
         .filter(|t| t.path == FRAG_PATH_UPLINK)
@@ -231,12 +254,13 @@ fn later_fragment<const N: usize, F: Family<N>>(
     rewrite::fragment_addrs::<N, F>(csums, pkt, &target, ttl)
         .map_err(|_| Reason::UplinkDropWriteFailed)?;
     stats::to_container(target.binding_id, len);
-    Ok(Translated {
+    *out = Translated {
         egress_ifindex: target.ifindex,
         nexthop: F::nexthop(target.dst),
         vlan_tagged: pkt.vlan_tagged,
         forwardable,
-    })
+    };
+    Ok(())
 }
 
 #[inline(always)]

@@ -11,7 +11,11 @@ use aya_ebpf::{
 };
 use portmap_common::{Reason, XDP_META_MAGIC, XdpMeta};
 
-use crate::{rewrite::InPlace, stats, translate};
+use crate::{
+    rewrite::InPlace,
+    stats,
+    translate::{self, Translated},
+};
 
 /// What became of the packet, and the XDP action: everything goes up but a loopback
 /// destination from the wire, which is dropped. A translated packet is forwarded by
@@ -19,12 +23,13 @@ use crate::{rewrite::InPlace, stats, translate};
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> (Reason, u32) {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let translated =
-        match translate::uplink(ctx, &InPlace, ctx.ingress_ifindex() as u32, len, false) {
-            Ok(translated) => translated,
-            Err(reason @ Reason::UplinkDropLoopback) => return (reason, XDP_DROP),
-            Err(reason) => return (reason, XDP_PASS),
-        };
+    let mut translated = Translated::none();
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match translate::uplink(ctx, &InPlace, ifindex, len, false, &mut translated) {
+        Ok(()) => {}
+        Err(reason @ Reason::UplinkDropLoopback) => return (reason, XDP_DROP),
+        Err(reason) => return (reason, XDP_PASS),
+    }
     // A tagged frame is left to the VLAN device and the stack: at TC the tag has been moved out
     // of the frame, and the note with it.
     if !translated.vlan_tagged && !write_meta(ctx, translated.egress_ifindex) {
