@@ -600,6 +600,54 @@ fn tc_reply_v4_udp_passes_when_its_binding_was_removed() {
     assert!(dp.flows_v4().unwrap().is_empty());
 }
 
+// The flow table is read and swept in chunks (the kernel's batch calls): more flows than one
+// chunk holds are all seen, and exactly the dead ones go.
+#[test]
+fn flows_beyond_one_read_chunk_are_all_read_and_only_dead_ones_swept() {
+    const EACH: u16 = 12_000;
+    let mut dp = dataplane(&["8080:80=172.17.0.2", "5353:53/udp=172.17.0.3"]);
+    xdp(&mut dp, &V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080)));
+    xdp(
+        &mut dp,
+        &V4::udp(CLIENT, SocketAddrV4::new(HOST, 5353), b"q"),
+    );
+    let recorded = dp.flows_v4().unwrap();
+    assert_eq!(recorded.len(), 2, "precondition: one flow per binding");
+    {
+        let mut flows: aya::maps::HashMap<_, FlowKeyV4, portmap_common::FlowV4> =
+            aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut("FLOWS_V4").unwrap()).unwrap();
+        for (key, value) in &recorded {
+            for port in 1..EACH {
+                let copy = FlowKeyV4 {
+                    client_port: port.to_be_bytes(),
+                    ..*key
+                };
+                flows.insert(copy, value, 0).unwrap();
+            }
+        }
+    }
+    let all = usize::from(EACH) * 2;
+    assert_eq!(dp.flows_v4().unwrap().len(), all, "every flow read");
+    let udp = dp
+        .published()
+        .iter()
+        .position(|p| p.binding.host_port == 5353)
+        .unwrap();
+    let udp_id = dp.published()[udp].id;
+    dp.remove(&[udp_id]).expect("removing the UDP binding");
+    assert_eq!(
+        dp.sweep_flows().unwrap(),
+        usize::from(EACH),
+        "its flows swept"
+    );
+    let left = dp.flows_v4().unwrap();
+    assert_eq!(left.len(), usize::from(EACH));
+    assert!(
+        left.iter().all(|(key, _)| key.proto == packet::TCP),
+        "only the live binding's flows stay"
+    );
+}
+
 // A binding re-published on a reused id gets a new generation: the old binding's flows stay
 // dead, the new binding's flows live.
 #[test]

@@ -1,7 +1,8 @@
 //! Writing and deleting many map entries in one system call (`BPF_MAP_UPDATE_BATCH`,
-//! `BPF_MAP_DELETE_BATCH`, Linux 5.6), which aya 0.14 does not offer. Publishing 10,000
-//! wildcard bindings writes tens of thousands of keys: one call each would cost more than
-//! everything else together.
+//! `BPF_MAP_DELETE_BATCH`, Linux 5.6), and reading a whole hash map the same way
+//! (`BPF_MAP_LOOKUP_BATCH`), which aya 0.14 does not offer. Publishing 10,000 wildcard bindings
+//! writes tens of thousands of keys, and the flow table holds 262,144 flows: one call per entry
+//! (two to read one) would cost more than everything else together.
 
 use std::{
     io,
@@ -9,6 +10,7 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -54,6 +56,74 @@ pub fn update<K: aya::Pod, V: aya::Pod>(
 /// Where the kernel stopped (a missing key stops it); the entries before it are deleted.
 pub fn delete<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), Stopped> {
     call::<K, u8>(BPF_MAP_DELETE_BATCH, fd, keys, None)
+}
+
+/// How many entries one lookup call asks for at first. A call must fit a whole hash bucket, so
+/// the kernel asks for more (`ENOSPC`) when one holds more than this.
+const READ_CHUNK: usize = 8192;
+
+/// Every entry of the hash map behind `fd`, a chunk of entries per call. Entries that change
+/// meanwhile are seen as before or after, as with one lookup each.
+///
+/// # Errors
+///
+/// When a call fails; `done` is how many entries were read before it.
+pub fn read_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> Result<Vec<(K, V)>, Stopped> {
+    let mut entries = Vec::new();
+    let mut chunk = READ_CHUNK;
+    // The position in the map, opaque to userspace (a bucket index for hash maps), as large as
+    // a key at most.
+    let mut position = [0u64; 8];
+    let mut next = [0u64; 8];
+    let mut first = true;
+    loop {
+        // SAFETY: `Pod` types are valid for any bytes, all zeroes included.
+        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
+        // SAFETY: as above.
+        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { position.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(chunk).unwrap_or(u32::MAX),
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the arrays hold `count`
+        // keys and values of the map's types, and the positions are larger than the kernel's.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let error = (rc != 0).then(io::Error::last_os_error);
+        if let Some(error) = &error
+            && error.raw_os_error() == Some(libc::ENOSPC)
+            && attr.count == 0
+        {
+            chunk *= 2;
+            continue;
+        }
+        let got = attr.count as usize;
+        entries.extend(keys.into_iter().zip(values).take(got));
+        match error {
+            None => {}
+            // The end of the map, with the last entries in this call.
+            Some(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Some(error) => {
+                return Err(Stopped {
+                    done: entries.len(),
+                    error,
+                });
+            }
+        }
+        position = next;
+        first = false;
+    }
 }
 
 fn call<K, V>(

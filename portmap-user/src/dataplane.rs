@@ -2,6 +2,7 @@
 //! for other `portmap` commands, and read its counters.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap as StdHashMap,
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -865,7 +866,23 @@ where
     FlowState<N>: aya::Pod,
 {
     let map: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map(name), name)?;
-    Ok(map.iter().filter_map(Result::ok).collect())
+    read_all(&map, name)
+}
+
+/// Every entry of a hash map: in chunks where the kernel can (5.6), one at a time otherwise.
+/// The flow table is read this way every few seconds, and two calls per flow would cost the
+/// CPU that the flows' packets need (half a second per full table).
+fn read_all<T: Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<T, K, V>,
+    name: &str,
+) -> anyhow::Result<Vec<(K, V)>> {
+    match batch::read_all(map_fd(map)) {
+        Ok(entries) => Ok(entries),
+        Err(stopped) if stopped.done == 0 && unsupported(&stopped.error) => {
+            Ok(map.iter().filter_map(Result::ok).collect())
+        }
+        Err(stopped) => Err(anyhow!(stopped.error)).with_context(|| format!("reading {name}")),
+    }
 }
 
 /// Deletes the flows of one family that `expired(proto, flags, seen, binding_id, generation)`
@@ -880,9 +897,8 @@ where
     FlowState<N>: aya::Pod,
 {
     let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map_mut(name), name)?;
-    let stale: Vec<FlowKey<N>> = flows
-        .iter()
-        .filter_map(Result::ok)
+    let stale: Vec<FlowKey<N>> = read_all(&flows, name)?
+        .into_iter()
         .filter(|(key, flow)| {
             expired(
                 key.proto,
@@ -894,17 +910,24 @@ where
         })
         .map(|(key, _)| key)
         .collect();
-    for key in &stale {
-        // A flow the LRU evicted meanwhile is already gone.
-        let _ = flows.remove(key);
+    // A flow the LRU evicted meanwhile is already gone: it stops a batch, and is skipped.
+    let mut rest = &stale[..];
+    while let Err(stopped) = batch::delete(map_fd(&flows), rest) {
+        if stopped.done == 0 && unsupported(&stopped.error) {
+            for key in rest {
+                let _ = flows.remove(key);
+            }
+            break;
+        }
+        rest = &rest[(stopped.done + 1).min(rest.len())..];
     }
     Ok(stale.len())
 }
 
 /// The file descriptor of a typed map, for the batch calls.
-fn map_fd<'a, K: aya::Pod, V: aya::Pod>(
-    map: &'a HashMap<&mut MapData, K, V>,
-) -> std::os::fd::BorrowedFd<'a> {
+fn map_fd<T: Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<T, K, V>,
+) -> std::os::fd::BorrowedFd<'_> {
     use aya::maps::IterableMap as _;
     use std::os::fd::AsFd as _;
     map.map().fd().as_fd()
