@@ -1167,6 +1167,10 @@ fn s13_rm_add(family: Family, hook: Hook) {
         .filter(|(_, text)| text.starts_with("c2 saw"))
         .collect();
     assert!(!from_new.is_empty(), "c2's answers reach the client");
+    // c1's answer to a datagram that reached it just before `rm` may leave after the binding
+    // is gone: correctly untranslated then. The stream sends every 2 ms, so only one or two can
+    // be caught that way.
+    let mut raced_rm = 0;
     for (source, text) in &stream.answers {
         if text == "late c1" {
             assert_eq!(
@@ -1174,6 +1178,8 @@ fn s13_rm_add(family: Family, hook: Hook) {
                 at(c1.ip(family), 53),
                 "the old container's late answer is not translated"
             );
+        } else if text.starts_with("c1 saw") && *source == at(c1.ip(family), 53) {
+            raced_rm += 1;
         } else {
             assert_eq!(
                 *source, published,
@@ -1181,6 +1187,10 @@ fn s13_rm_add(family: Family, hook: Hook) {
             );
         }
     }
+    assert!(
+        raced_rm <= 2,
+        "{raced_rm} of c1's answers left untranslated: more than were in flight at `rm`"
+    );
     assert!(
         stream.answers.iter().any(|(_, text)| text == "late c1"),
         "the late answer reached the client untranslated (the host routes it)"

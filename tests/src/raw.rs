@@ -148,7 +148,7 @@ impl Capture {
             let deadline = Instant::now() + CAPTURE_LIMIT;
             let mut frames = Vec::new();
             let mut buf = vec![0u8; 65536];
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut receive = |flags: libc::c_int| -> bool {
                 // SAFETY: all-zero is a valid sockaddr_ll.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 let mut from_len = size_of::<libc::sockaddr_ll>() as u32;
@@ -158,7 +158,7 @@ impl Capture {
                         fd.as_raw_fd(),
                         buf.as_mut_ptr().cast(),
                         buf.len(),
-                        0,
+                        flags,
                         (&raw mut from).cast(),
                         &raw mut from_len,
                     )
@@ -169,7 +169,14 @@ impl Capture {
                         data: buf[..n as usize].to_vec(),
                     });
                 }
+                n > 0
+            };
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                receive(0);
             }
+            // What arrived before `finish` but was not read yet (this thread was not scheduled
+            // in time) is part of the capture too.
+            while receive(libc::MSG_DONTWAIT) {}
             Ok(frames)
         });
         ready_rx
