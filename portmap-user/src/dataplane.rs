@@ -477,15 +477,16 @@ impl Dataplane {
     ///
     /// When a map write fails.
     pub fn remove(&mut self, ids: &[u32]) -> anyhow::Result<Vec<Published>> {
-        let (removed, kept): (Vec<Published>, Vec<Published>) = std::mem::take(&mut self.published)
-            .into_iter()
-            .partition(|p| ids.contains(&p.id));
-        if let Err(error) = self.apply_removed(&removed, &kept) {
-            self.published = kept;
+        // Only the removed move; the rest stay where they are (10,000 moves cost a removal more
+        // than its map writes).
+        let mut kept = std::mem::take(&mut self.published);
+        let removed: Vec<Published> = kept.extract_if(.., |p| ids.contains(&p.id)).collect();
+        let applied = self.apply_removed(&removed, &kept);
+        self.published = kept;
+        if let Err(error) = applied {
             self.published.extend(removed);
             return Err(error);
         }
-        self.published = kept;
         let mut gens: Array<_, u32> =
             typed(self.ebpf.map_mut(names::BINDING_GEN), names::BINDING_GEN)?;
         for entry in &removed {

@@ -436,10 +436,10 @@ impl Instance {
             return Ok(Vec::new());
         }
         self.dataplane.remove(ids).map_err(Refused::Runtime)?;
-        let (gone, kept): (Vec<Live>, Vec<Live>) = std::mem::take(&mut self.live)
-            .into_iter()
-            .partition(|live| ids.contains(&live.published.id));
-        self.live = kept;
+        let gone: Vec<Live> = self
+            .live
+            .extract_if(.., |live| ids.contains(&live.published.id))
+            .collect();
         // The withdrawn bindings' flows are dead already (their generation is gone); the
         // periodic expiry deletes them, so a removal does not wait on a walk of the flow table.
         // Dropping `gone` releases the host ports it held.
