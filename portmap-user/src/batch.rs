@@ -62,25 +62,29 @@ pub fn delete<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), Stopped
 /// the kernel asks for more (`ENOSPC`) when one holds more than this.
 const READ_CHUNK: usize = 8192;
 
-/// Every entry of the hash map behind `fd`, a chunk of entries per call. Entries that change
-/// meanwhile are seen as before or after, as with one lookup each.
+/// Every entry of the hash map behind `fd`, a chunk of entries per call, handed to `visit`
+/// chunk by chunk: a caller that keeps only some holds no more than one chunk. Entries that
+/// change meanwhile are seen as before or after, as with one lookup each.
 ///
 /// # Errors
 ///
-/// When a call fails; `done` is how many entries were read before it.
-pub fn read_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> Result<Vec<(K, V)>, Stopped> {
-    let mut entries = Vec::new();
+/// When a call fails; `done` is how many entries were visited before it.
+pub fn read_each<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    mut visit: impl FnMut(&[K], &[V]),
+) -> Result<(), Stopped> {
     let mut chunk = READ_CHUNK;
+    // SAFETY: `Pod` types are valid for any bytes, all zeroes included.
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
+    // SAFETY: as above.
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
     // The position in the map, opaque to userspace (a bucket index for hash maps), as large as
     // a key at most.
     let mut position = [0u64; 8];
     let mut next = [0u64; 8];
     let mut first = true;
+    let mut done = 0;
     loop {
-        // SAFETY: `Pod` types are valid for any bytes, all zeroes included.
-        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
-        // SAFETY: as above.
-        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { position.as_ptr() as u64 },
             out_batch: next.as_mut_ptr() as u64,
@@ -106,20 +110,20 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> Result<Vec<(K, 
             && attr.count == 0
         {
             chunk *= 2;
+            // SAFETY: as above.
+            keys.resize(chunk, unsafe { std::mem::zeroed() });
+            // SAFETY: as above.
+            values.resize(chunk, unsafe { std::mem::zeroed() });
             continue;
         }
-        let got = attr.count as usize;
-        entries.extend(keys.into_iter().zip(values).take(got));
+        let got = (attr.count as usize).min(chunk);
+        visit(&keys[..got], &values[..got]);
+        done += got;
         match error {
             None => {}
             // The end of the map, with the last entries in this call.
-            Some(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
-            Some(error) => {
-                return Err(Stopped {
-                    done: entries.len(),
-                    error,
-                });
-            }
+            Some(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(error) => return Err(Stopped { done, error }),
         }
         position = next;
         first = false;

@@ -871,16 +871,36 @@ where
 }
 
 /// Every entry of a hash map: in chunks where the kernel can (5.6), one at a time otherwise.
-/// The flow table is read this way every few seconds, and two calls per flow would cost the
-/// CPU that the flows' packets need (half a second per full table).
 fn read_all<T: Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
     map: &HashMap<T, K, V>,
     name: &str,
 ) -> anyhow::Result<Vec<(K, V)>> {
-    match batch::read_all(map_fd(map)) {
-        Ok(entries) => Ok(entries),
+    let mut entries = Vec::new();
+    read_each(map, name, |key, value| entries.push((*key, *value)))?;
+    Ok(entries)
+}
+
+/// Hands every entry of a hash map to `visit`, as [`read_all`] reads them. The flow table is
+/// read this way every few seconds: two calls per flow would cost the CPU that the flows'
+/// packets need (half a second per full table), and a copy of it all would stay in the
+/// allocator's hands.
+fn read_each<T: Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<T, K, V>,
+    name: &str,
+    mut visit: impl FnMut(&K, &V),
+) -> anyhow::Result<()> {
+    let chunked = batch::read_each(map_fd(map), |keys: &[K], values: &[V]| {
+        for (key, value) in keys.iter().zip(values) {
+            visit(key, value);
+        }
+    });
+    match chunked {
+        Ok(()) => Ok(()),
         Err(stopped) if stopped.done == 0 && unsupported(&stopped.error) => {
-            Ok(map.iter().filter_map(Result::ok).collect())
+            for (key, value) in map.iter().filter_map(Result::ok) {
+                visit(&key, &value);
+            }
+            Ok(())
         }
         Err(stopped) => Err(anyhow!(stopped.error)).with_context(|| format!("reading {name}")),
     }
@@ -898,19 +918,18 @@ where
     FlowState<N>: aya::Pod,
 {
     let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map_mut(name), name)?;
-    let stale: Vec<FlowKey<N>> = read_all(&flows, name)?
-        .into_iter()
-        .filter(|(key, flow)| {
-            expired(
-                key.proto,
-                flow.flags,
-                flow.seen,
-                flow.binding_id,
-                flow.generation,
-            )
-        })
-        .map(|(key, _)| key)
-        .collect();
+    let mut stale: Vec<FlowKey<N>> = Vec::new();
+    read_each(&flows, name, |key, flow| {
+        if expired(
+            key.proto,
+            flow.flags,
+            flow.seen,
+            flow.binding_id,
+            flow.generation,
+        ) {
+            stale.push(*key);
+        }
+    })?;
     // A flow the LRU evicted meanwhile is already gone: it stops a batch, and is skipped.
     let mut rest = &stale[..];
     while let Err(stopped) = batch::delete(map_fd(&flows), rest) {
