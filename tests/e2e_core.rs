@@ -7,9 +7,10 @@
 use std::net::{SocketAddr, SocketAddrV4};
 
 use portmap_tests::{
-    process::{Portmap, require_root},
+    netns::Netns,
+    process::{Portmap, portmap as portmap_cli, require_root},
     servers::{self, Answer},
-    topology::{BRIDGE, CLIENT_IP, DockerHost, HOST_IP, Options, UPLINK},
+    topology::{BRIDGE, BRIDGE_IP, CLIENT_IP, DockerHost, HOST_IP, Options, UPLINK},
 };
 
 /// Where `portmap run` translates on the uplink.
@@ -256,6 +257,69 @@ fn s9_container_to_container_direct_is_untouched() {
     assert_eq!(*answer.saw.ip(), c1.addr, "source kept");
     let stats = portmap.stats(&net.host).unwrap();
     assert!(!stats.contains("tc_reply.translated"), "{stats}");
+    assert!(!stats.contains("tc_port.translated"), "{stats}");
+}
+
+/// The count `portmap stats` shows for `name` (0 when it shows none).
+fn reason_count(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+// A container whose veth joins the bridge after `run` started gets `tc_port` too: its replies
+// are translated on its port (counted as `tc_port.translated`), none on the bridge.
+#[test]
+fn late_container_replies_are_translated_on_its_bridge_port() {
+    let net = topology(&Options::default());
+    let portmap = start(&net, &["8080:80=172.17.0.2"]);
+    let pin_dir = portmap.pin_dir.to_string_lossy().into_owned();
+    // Answered from the serving loop: `run` has listed the bridge's ports already.
+    let listed = portmap_cli(&net.host, &["ls", "--pin-dir", &pin_dir]).unwrap();
+    assert!(listed.status.success(), "ls: {listed:?}");
+    let late = Netns::new("late").unwrap();
+    late.ip(&format!(
+        "link add eth0 type veth peer name vethlate netns {}",
+        net.host.name()
+    ))
+    .unwrap();
+    late.ip("addr add 172.17.0.9/16 dev eth0").unwrap();
+    late.ip("link set eth0 up").unwrap();
+    late.ip(&format!("route add default via {BRIDGE_IP}"))
+        .unwrap();
+    late.exec("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+    net.host
+        .ip(&format!("link set vethlate master {BRIDGE}"))
+        .unwrap();
+    net.host.ip("link set vethlate up").unwrap();
+    let _server = servers::tcp(&late, "late", 80).unwrap();
+    let added = portmap_cli(
+        &net.host,
+        &["add", "--pin-dir", &pin_dir, "9090:80=172.17.0.9"],
+    )
+    .unwrap();
+    assert!(added.status.success(), "add: {added:?}");
+
+    let answer = net
+        .client
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, 9090)))
+        .expect("an answer through host:9090");
+    assert_eq!(answer.server, "late");
+    assert_eq!(*answer.saw.ip(), CLIENT_IP);
+    let stats = portmap.stats(&net.host).unwrap();
+    assert!(
+        reason_count(&stats, "tc_port.translated") >= 2,
+        "the late port translates: {stats}"
+    );
+    assert_eq!(
+        reason_count(&stats, "tc_reply.translated"),
+        0,
+        "nothing left to the bridge: {stats}"
+    );
 }
 
 // 200 TCP connections open at once, from several client addresses, each answered by the

@@ -628,6 +628,7 @@ fn s9_v6_container_to_container_direct_is_untouched() {
     let stats = stats(&net, &instance);
     for untouched in [
         "tc_reply.translated",
+        "tc_port.translated",
         "tc_reply.hairpin",
         "uplink.translated",
     ] {
@@ -2350,8 +2351,8 @@ fn s1_v6(hook: Hook) {
         "{forwarded_by} counts the client's segments: {stats}"
     );
     assert!(
-        reason(&stats, "tc_reply.translated") > ASKS as u64,
-        "tc_reply.translated counts the container's segments: {stats}"
+        reason(&stats, "tc_port.translated") > ASKS as u64,
+        "tc_port.translated counts the container's segments, on its bridge port: {stats}"
     );
 }
 
@@ -2538,6 +2539,7 @@ fn s3_v6(hook: Hook) {
         "uplink.translated",
         "tc_forward.redirected",
         "tc_reply.translated",
+        "tc_port.translated",
     ] {
         assert_eq!(
             reason(&untranslated, reason_name),

@@ -688,6 +688,85 @@ fn s1_tc_reply_v6_tcp_passes_when_no_flow() {
     assert_reasons(&dp, &[(Reason::ReplyPassNoFlow, 1)]);
 }
 
+// --- tc_port: the same translation on a bridge port ---
+
+fn tc_port(dp: &mut Dataplane, frame: &[u8]) -> Ran {
+    testrun::tc(dp, programs::TC_PORT, frame, 1)
+}
+
+/// On a bridge port, a plain reply is translated as on the bridge and counted as tc_port's;
+/// what the bridge must handle (no flow, a TTL about to expire, a hairpin flow's reply) goes
+/// on untouched and uncounted, for tc_reply to see next.
+fn tc_port_case(n: &Net, proto: u8) {
+    let spec = if proto == TCP {
+        "8080:80"
+    } else {
+        "8080:80/udp"
+    };
+    let mut dp = dataplane(&[format!("{spec}={}", n.c1)]);
+    let lone = Pkt::of(proto, at(n.c1, 80), n.client).frame();
+    assert_untouched(&tc_port(&mut dp, &lone), &lone, TC_ACT_OK, "no flow");
+    assert_reasons(&dp, &[]);
+
+    xdp(
+        &mut dp,
+        &Pkt::of(proto, n.client, at(n.host_2, 8080)).frame(),
+    );
+    let answer = Pkt::of(proto, at(n.c1, 80), n.client);
+    let ran = tc_port(&mut dp, &answer.frame());
+    assert_eq!(ran.verdict, TC_ACT_REDIRECT, "reply: verdict");
+    let want = answer.with_src(at(n.host_2, 8080)).with_ttl(63);
+    assert_rewritten(&ran.frame, &want, "reply");
+    let expiring = answer.with_ttl(1).frame();
+    assert_untouched(
+        &tc_port(&mut dp, &expiring),
+        &expiring,
+        TC_ACT_OK,
+        "expiring",
+    );
+    assert_reasons(
+        &dp,
+        &[(Reason::UplinkTranslated, 1), (Reason::PortTranslated, 1)],
+    );
+
+    // A hairpin flow's replies return into the bridge, so they are the bridge's.
+    let caller = at(n.c2, 45000);
+    let hairpinned = tc_reply(&mut dp, &Pkt::of(proto, caller, at(n.bridge, 8080)).frame());
+    assert_eq!(hairpinned.verdict, TC_ACT_REDIRECT, "precondition: hairpin");
+    let back = Pkt::of(proto, at(n.c1, 80), at(n.bridge, 45000)).frame();
+    assert_untouched(&tc_port(&mut dp, &back), &back, TC_ACT_OK, "hairpin reply");
+    assert_reasons(
+        &dp,
+        &[
+            (Reason::UplinkTranslated, 1),
+            (Reason::PortTranslated, 1),
+            (Reason::ReplyHairpin, 1),
+        ],
+    );
+    let stats = dp.binding_stats(0).unwrap();
+    assert_eq!(stats.to_client_packets, 1, "one reply counted");
+}
+
+#[test]
+fn tc_port_v4_tcp_translates_replies_and_leaves_the_rest_to_the_bridge() {
+    tc_port_case(&NET4, TCP);
+}
+
+#[test]
+fn tc_port_v4_udp_translates_replies_and_leaves_the_rest_to_the_bridge() {
+    tc_port_case(&NET4, UDP);
+}
+
+#[test]
+fn tc_port_v6_tcp_translates_replies_and_leaves_the_rest_to_the_bridge() {
+    tc_port_case(&NET6, TCP);
+}
+
+#[test]
+fn tc_port_v6_udp_translates_replies_and_leaves_the_rest_to_the_bridge() {
+    tc_port_case(&NET6, UDP);
+}
+
 // --- S5: one container behind two host ports ---
 
 // Each flow's replies leave through the host port its client used.

@@ -77,6 +77,9 @@ pub mod programs {
     pub const TC_UPLINK: &str = "tc_uplink";
     /// TC ingress on the bridge: container replies get host_ip:host_port back as source.
     pub const TC_REPLY: &str = "tc_reply";
+    /// TC ingress on each port of such a bridge (a container's veth, host side): the replies
+    /// of flows from the uplink, translated before the bridge takes them.
+    pub const TC_PORT: &str = "tc_port";
 
     /// Cgroup socket hooks: a host process's connect or send to a published port goes to the
     /// container instead, and what it reads back shows the published address.
@@ -94,7 +97,7 @@ pub mod programs {
     pub const CLOCK: &str = "clock";
 
     /// The packet programs.
-    pub const PACKET: [&str; 4] = [XDP_UPLINK, TC_FORWARD, TC_UPLINK, TC_REPLY];
+    pub const PACKET: [&str; 5] = [XDP_UPLINK, TC_FORWARD, TC_UPLINK, TC_REPLY, TC_PORT];
     /// The socket programs.
     pub const SOCKET: [&str; 8] = [
         CONNECT4,
@@ -107,12 +110,13 @@ pub mod programs {
         GETPEERNAME6,
     ];
     /// Every program.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CLOCK,
         XDP_UPLINK,
         TC_FORWARD,
         TC_UPLINK,
         TC_REPLY,
+        TC_PORT,
         CONNECT4,
         CONNECT6,
         SENDMSG4,

@@ -80,6 +80,9 @@ reasons! {
     /// A kernel helper refused to rewrite the packet; it was dropped rather than leak the
     /// container's address.
     ReplyDropWriteFailed = "tc_reply.drop.write_failed",
+    /// A container reply rewritten back and sent to the uplink by `tc_port`, on the bridge port
+    /// it came in by, before the bridge (and the netfilter calls Docker enables on it) saw it.
+    PortTranslated = "tc_port.translated",
     /// A process of the host connected (or sent a datagram) to a published port: the socket
     /// now goes to the container (cgroup `connect`/`sendmsg`).
     SockTranslated = "sock.translated",

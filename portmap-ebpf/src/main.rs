@@ -5,7 +5,8 @@
 //!   the packet to the bridge; or, on uplinks where native XDP does not pay, run by
 //!   [`tc_uplink`] at TC ingress, which forwards it itself ([`redirect`]);
 //! - container → client: [`tc_reply`] on the bridge (parse → flow lookup → rewrite back), which
-//!   also carries hairpin connections;
+//!   also carries hairpin connections; the same code runs first on each bridge port
+//!   (`tc_port`), where a plain reply leaves before the bridge takes it;
 //! - both ways: later fragments follow their first ([`flow`]), and ICMP errors about a flow are
 //!   translated inside and out ([`icmp`]).
 //!
@@ -62,6 +63,18 @@ pub fn tc_reply(ctx: TcContext) -> i32 {
     let verdict = tc_reply::run(&ctx);
     stats::count(verdict.reason);
     verdict.action
+}
+
+#[classifier]
+pub fn tc_port(ctx: TcContext) -> i32 {
+    match tc_reply::at_port(&ctx) {
+        Some(verdict) => {
+            stats::count(verdict.reason);
+            verdict.action
+        }
+        // Not counted: the bridge's `tc_reply` sees it next, and counts it.
+        None => aya_ebpf::bindings::TC_ACT_OK,
+    }
 }
 
 /// Never attached: run by the loader (`BPF_PROG_TEST_RUN`) to read the kernel's jiffies, the

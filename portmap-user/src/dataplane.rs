@@ -17,6 +17,7 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
         TestRun as _, TestRunOptions, Xdp, XdpMode,
+        tc::SchedClassifierLinkId,
         tc::{self, TcError},
     },
     util::{KernelVersion, nr_cpus},
@@ -28,7 +29,7 @@ use portmap_common::{
 
 use crate::{
     batch,
-    netdev::{HostAddrs, Interface},
+    netdev::{self, HostAddrs, Interface},
     plan::Binding,
 };
 
@@ -48,6 +49,8 @@ pub struct Dataplane {
     bridges: Vec<Interface>,
     /// Whether the programs are attached: from then on, a new bridge gets `tc_reply` at once.
     attached: bool,
+    /// The bridge ports `tc_port` is attached to, with its link there.
+    ports: Vec<(Interface, SchedClassifierLinkId)>,
     /// Binding ids: handed out from `next_id` up, reused once released.
     ids: IdPool,
     /// The cookie of the network namespace served, which the socket programs compare; `None`
@@ -294,6 +297,7 @@ impl Dataplane {
             addrs: HostAddrs::default(),
             bridges: Vec::new(),
             attached: false,
+            ports: Vec::new(),
             ids: IdPool::default(),
             netns_cookie,
             entries: Entries::default(),
@@ -738,8 +742,9 @@ impl Dataplane {
             self.attach_tc(programs::TC_REPLY, &bridge)?;
         }
         self.attached = true;
+        self.sync_ports();
         let mode = match hook {
-            UplinkHook::Tc => return self.attach_tc(programs::TC_UPLINK, uplink),
+            UplinkHook::Tc => return self.attach_tc(programs::TC_UPLINK, uplink).map(drop),
             UplinkHook::Xdp(mode) => mode,
         };
         self.attach_tc(programs::TC_FORWARD, uplink)?;
@@ -769,10 +774,64 @@ impl Dataplane {
             self.attach_tc(programs::TC_REPLY, bridge)?;
         }
         self.bridges.push(bridge.clone());
+        if self.attached {
+            self.sync_ports();
+        }
         Ok(())
     }
 
-    fn attach_tc(&mut self, name: &str, iface: &Interface) -> anyhow::Result<()> {
+    /// Puts `tc_port` on every port of the served bridges, and forgets ports that are gone
+    /// (their link went with them). Called once attached and whenever links change. A port
+    /// that cannot take it is only slower (its replies are translated on the bridge), so a
+    /// failure is logged, not fatal.
+    pub fn sync_ports(&mut self) {
+        let mut now = std::collections::HashSet::new();
+        for bridge in &self.bridges {
+            match netdev::ports_of(bridge.index) {
+                Ok(ports) => now.extend(ports),
+                Err(error) => log::warn!("listing the ports of {}: {error}", bridge.name),
+            }
+        }
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ports)
+            .into_iter()
+            .partition(|(port, _)| now.contains(port));
+        self.ports = kept;
+        let attached: std::collections::HashSet<Interface> =
+            self.ports.iter().map(|(port, _)| port.clone()).collect();
+        if let Ok(program) = self.program::<SchedClassifier>(programs::TC_PORT) {
+            for (_, link) in gone {
+                // The kernel detached it with the port; this only forgets it.
+                let _ = program.detach(link);
+            }
+        }
+        for port in now {
+            if attached.contains(&port) {
+                continue;
+            }
+            match self.attach_tc(programs::TC_PORT, &port) {
+                Ok(link) => {
+                    log::debug!("tc_port on {} (ifindex {})", port.name, port.index);
+                    self.ports.push((port, link));
+                }
+                // A port that went away meanwhile is no loss.
+                Err(error) => log::warn!(
+                    "{error:#}: replies from {} are translated on the bridge instead",
+                    port.name
+                ),
+            }
+        }
+    }
+
+    /// The bridge ports `tc_port` is attached to.
+    pub fn ports(&self) -> impl Iterator<Item = &Interface> {
+        self.ports.iter().map(|(port, _)| port)
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &str,
+        iface: &Interface,
+    ) -> anyhow::Result<SchedClassifierLinkId> {
         // Before tcx (6.6) a classifier needs the clsact qdisc; aya uses tcx when it can.
         if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
             match tc::qdisc_add_clsact(&iface.name) {
@@ -786,8 +845,7 @@ impl Dataplane {
         let program: &mut SchedClassifier = self.program(name)?;
         program
             .attach(&iface.name, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {name} to {} ingress", iface.name))?;
-        Ok(())
+            .with_context(|| format!("attaching {name} to {} ingress", iface.name))
     }
 
     fn program<'a, T>(&'a mut self, name: &str) -> anyhow::Result<&'a mut T>

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// A network interface, resolved in the caller's network namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Interface {
     pub name: String,
     pub index: u32,
@@ -32,6 +32,118 @@ impl Interface {
             name: name.to_owned(),
             index,
         })
+    }
+}
+
+/// The ports of the bridge with index `master` (the interfaces enslaved to it: containers'
+/// veths), from an rtnetlink dump of this network namespace's links.
+///
+/// # Errors
+///
+/// When the netlink socket fails or the kernel answers with an error.
+pub fn ports_of(master: u32) -> io::Result<Vec<Interface>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_GETLINK: u16 = 18;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_MASTER: u16 = 10;
+    const HEADER: usize = 16;
+    const IFINFO: usize = 16;
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr, then an all-zero ifinfomsg: every link, of every family.
+    let mut request = [0u8; HEADER + IFINFO];
+    request[0..4].copy_from_slice(&((HEADER + IFINFO) as u32).to_ne_bytes());
+    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    request[6..8].copy_from_slice(&flags.to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: sending from a live buffer of the length passed.
+    if unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let word = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let half = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+    let mut ports = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: receiving into a live buffer of the length passed.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let data = &buf[..n as usize];
+        let mut at = 0;
+        while at + HEADER <= data.len() {
+            let len = word(data, at) as usize;
+            if len < HEADER || at + len > data.len() {
+                return Err(io::Error::other("a truncated rtnetlink message"));
+            }
+            let message = &data[at..at + len];
+            match half(message, 4) {
+                NLMSG_DONE => return Ok(ports),
+                NLMSG_ERROR => {
+                    let errno = i32::from_ne_bytes(message[16..20].try_into().unwrap_or([0; 4]));
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                RTM_NEWLINK if message.len() >= HEADER + IFINFO => {
+                    let index = word(message, HEADER + 4);
+                    let (mut name, mut enslaved_to) = (None, None);
+                    let mut attr = HEADER + IFINFO;
+                    while attr + 4 <= message.len() {
+                        let attr_len = usize::from(half(message, attr));
+                        if attr_len < 4 || attr + attr_len > message.len() {
+                            break;
+                        }
+                        let payload = &message[attr + 4..attr + attr_len];
+                        match half(message, attr + 2) {
+                            IFLA_IFNAME => {
+                                let end = payload.iter().position(|&b| b == 0);
+                                name = Some(
+                                    String::from_utf8_lossy(
+                                        &payload[..end.unwrap_or(payload.len())],
+                                    )
+                                    .into_owned(),
+                                );
+                            }
+                            IFLA_MASTER if payload.len() >= 4 => {
+                                enslaved_to = Some(word(payload, 0))
+                            }
+                            _ => {}
+                        }
+                        attr += attr_len.next_multiple_of(4);
+                    }
+                    if let (Some(name), Some(master_index)) = (name, enslaved_to)
+                        && master_index == master
+                    {
+                        ports.push(Interface { name, index });
+                    }
+                }
+                _ => {}
+            }
+            at += len.next_multiple_of(4);
+        }
     }
 }
 
@@ -136,9 +248,9 @@ unsafe fn ip_of(addr: *const libc::sockaddr) -> Option<IpAddr> {
     }
 }
 
-/// Tells when an address is added to or removed from any interface of this network namespace
-/// (rtnetlink's address groups), so that wildcard bindings follow the host's addresses without
-/// a restart.
+/// Tells when an address is added to or removed from any interface of this network namespace,
+/// or a link changes (rtnetlink's address and link groups), so that wildcard bindings follow
+/// the host's addresses, and `tc_port` the bridges' ports, without a restart.
 pub struct AddrWatch {
     socket: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
 }
@@ -151,6 +263,7 @@ impl AddrWatch {
     /// When the netlink socket cannot be opened or bound.
     pub fn new() -> io::Result<Self> {
         use std::os::fd::FromRawFd as _;
+        const RTMGRP_LINK: u32 = 0x1;
         const RTMGRP_IPV4_IFADDR: u32 = 0x10;
         const RTMGRP_IPV6_IFADDR: u32 = 0x100;
         // SAFETY: plain socket(2); the fd is owned at once.
@@ -169,7 +282,7 @@ impl AddrWatch {
         // SAFETY: all-zero is a valid sockaddr_nl; the fields that matter are set below.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
         // SAFETY: `addr` is a valid sockaddr_nl of the size passed.
         let rc = unsafe {
             libc::bind(

@@ -201,8 +201,10 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
     };
     tokio::pin!(forward_logs);
     let mut addr_watch = AddrWatch::new()
-        .context("watching the host's addresses (rtnetlink)")
+        .context("watching the host's addresses and links (rtnetlink)")
         .map_err(Failure::Runtime)?;
+    // A port added since the programs were attached, before the watch began.
+    instance.dataplane_mut().sync_ports();
     let mut expiry = FlowExpiry::new(&mut instance, config.timeouts);
     let mut expiry_tick = tokio::time::interval(expiry.interval());
     expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,7 +214,10 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             () = &mut forward_logs => {}
             changed = addr_watch.changed() => match changed {
-                Ok(()) => follow_addrs(&mut instance),
+                Ok(()) => {
+                    follow_addrs(&mut instance);
+                    instance.dataplane_mut().sync_ports();
+                }
                 Err(error) => log::warn!("address watch: {error}"),
             },
             _ = expiry_tick.tick() => expiry.run(&mut instance),
@@ -250,9 +255,9 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
 
 /// Detaches the programs in the order that hands every packet cleanly back to the kernel's own
 /// path (Docker's rules, beside Docker): first the uplink's translation, so no new packet is
-/// translated; then `tc_forward`, once nothing is left for it to send on; the replies last,
-/// after `handover`, so that the answer to a request translated a moment ago is still
-/// translated back (conntrack never saw that request, so nothing else would). Dropping the
+/// translated; then `tc_forward`, once nothing is left for it to send on; the replies last
+/// (`tc_port`, then `tc_reply`), after `handover`, so that the answer to a request translated
+/// a moment ago is still translated back (conntrack never saw that request, so nothing else would). Dropping the
 /// programs would detach them in no particular order; a packet translated at XDP with
 /// `tc_forward` already gone would reach the container through the stack, outside both paths.
 /// (A SIGKILL leaves the order to the kernel.)
@@ -280,6 +285,7 @@ async fn detach_uplink_first(instance: &mut Instance, handover: Duration) {
         );
         tokio::time::sleep(handover).await;
     }
+    unload(programs::TC_PORT);
     unload(programs::TC_REPLY);
 }
 
