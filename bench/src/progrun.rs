@@ -89,7 +89,7 @@ pub fn measure(repeat: u32) -> anyhow::Result<Vec<PathCost>> {
         ns_per_packet: ns(testrun::xdp(&mut exact, &syn, repeat).per_run),
     });
     costs.push(PathCost {
-        path: "xdp_uplink miss (exact + wildcard lookups)",
+        path: "xdp_uplink miss (an unpublished port)",
         ns_per_packet: ns(testrun::xdp(
             &mut exact,
             &V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 9999)).frame(),
