@@ -193,6 +193,10 @@ impl Drop for Portmap {
         if let Some(parent) = self.pin_dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }
+        // Its control socket and lock in /run/portmap, named after the pin directory.
+        let paths = portmap_user::control::InstancePaths::new(&self.pin_dir);
+        let _ = std::fs::remove_file(&paths.socket);
+        let _ = std::fs::remove_file(&paths.lock);
     }
 }
 
