@@ -800,7 +800,8 @@ impl Dataplane {
             self.ports.iter().map(|(port, _)| port.clone()).collect();
         if let Ok(program) = self.program::<SchedClassifier>(programs::TC_PORT) {
             for (_, link) in gone {
-                // The kernel detached it with the port; this only forgets it.
+                // A deleted port took its link along (this only forgets it); one that left the
+                // bridge loses `tc_port` here.
                 let _ = program.detach(link);
             }
         }
