@@ -94,17 +94,9 @@ pub fn read_each<K: aya::Pod, V: aya::Pod>(
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the arrays hold `count`
-        // keys and values of the map's types, and the positions are larger than the kernel's.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let error = (rc != 0).then(io::Error::last_os_error);
+        // SAFETY: the arrays hold `count` keys and values of the map's types, and the
+        // positions are larger than the kernel's; all outlive the call.
+        let error = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         if let Some(error) = &error
             && error.raw_os_error() == Some(libc::ENOSPC)
             && attr.count == 0
@@ -146,23 +138,38 @@ fn call<K, V>(
         map_fd: fd.as_raw_fd() as u32,
         ..BatchAttr::default()
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the key and value arrays
-    // it points at are `count` elements of the map's key and value types, alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &raw mut attr,
-            size_of::<BatchAttr>() as libc::c_uint,
-        )
-    };
-    if rc == 0 {
+    // SAFETY: the key and value arrays `attr` points at are `count` elements of the map's key
+    // and value types, alive for the call.
+    let Err(error) = (unsafe { bpf(cmd, &mut attr) }) else {
         return Ok(());
-    }
-    let error = io::Error::last_os_error();
+    };
     Err(Stopped {
         // The kernel reports in `count` how many it processed.
         done: attr.count as usize,
         error,
     })
+}
+
+/// One batch command of bpf(2).
+///
+/// # Safety
+///
+/// Every pointer in `attr` must point at memory of the sizes the command reads or writes
+/// (`count` keys and values of the map's types, positions as large as a key).
+unsafe fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the caller vouches for what
+    // it points at.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

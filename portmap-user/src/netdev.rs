@@ -42,7 +42,7 @@ impl Interface {
 ///
 /// When the netlink socket fails or the kernel answers with an error.
 pub fn ports_of(master: u32) -> io::Result<Vec<Interface>> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    use std::os::fd::AsRawFd as _;
     const RTM_NEWLINK: u16 = 16;
     const RTM_GETLINK: u16 = 18;
     const NLMSG_ERROR: u16 = 2;
@@ -51,19 +51,7 @@ pub fn ports_of(master: u32) -> io::Result<Vec<Interface>> {
     const IFLA_MASTER: u16 = 10;
     const HEADER: usize = 16;
     const IFINFO: usize = 16;
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let socket = rtnetlink_socket(0)?;
     // nlmsghdr, then an all-zero ifinfomsg: every link, of every family.
     let mut request = [0u8; HEADER + IFINFO];
     request[0..4].copy_from_slice(&((HEADER + IFINFO) as u32).to_ne_bytes());
@@ -145,6 +133,25 @@ pub fn ports_of(master: u32) -> io::Result<Vec<Interface>> {
             at += len.next_multiple_of(4);
         }
     }
+}
+
+/// A rtnetlink socket of this network namespace, with `flags` (`SOCK_NONBLOCK`) besides
+/// close-on-exec.
+fn rtnetlink_socket(flags: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The addresses configured in this network namespace, by interface: read whole each time
@@ -262,23 +269,12 @@ impl AddrWatch {
     ///
     /// When the netlink socket cannot be opened or bound.
     pub fn new() -> io::Result<Self> {
-        use std::os::fd::FromRawFd as _;
+        use std::os::fd::AsRawFd as _;
         const RTMGRP_LINK: u32 = 0x1;
         const RTMGRP_IPV4_IFADDR: u32 = 0x10;
         const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-        // SAFETY: plain socket(2); the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let socket = rtnetlink_socket(libc::SOCK_NONBLOCK)?;
+        let fd = socket.as_raw_fd();
         // SAFETY: all-zero is a valid sockaddr_nl; the fields that matter are set below.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
