@@ -756,6 +756,8 @@ fn an_engine_missing_at_start_or_gone_for_a_while() {
             "{args:?} left pins behind"
         );
     }
+    // The instance lock in /run/portmap outlives a refused start (it is only ever locked).
+    let _ = std::fs::remove_file(portmap_user::control::InstancePaths::new(pin_dir.as_ref()).lock);
 
     let instance = follow(&bed);
     assert_eq!(ls(&instance).len(), 2);
