@@ -202,7 +202,10 @@ pub fn binding_entries<const N: usize>(
     let (specific, wildcard): (Vec<&Published>, Vec<&Published>) =
         of_family.partition(|p| p.binding.host_ip.is_some());
     let local: Vec<[u8; N]> = local_addrs.iter().filter_map(|a| octets::<N>(*a)).collect();
-    let mut entries = KeyMap::default();
+    let mut entries = KeyMap::with_capacity_and_hasher(
+        wildcard.len() * local.len() + specific.len(),
+        foldhash::fast::FixedState::default(),
+    );
     for published in wildcard {
         entries.extend(local.iter().map(|addr| entry_of(published, *addr)));
     }
