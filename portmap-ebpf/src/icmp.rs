@@ -17,7 +17,7 @@ use crate::{
     lookup,
     parse::{Endpoint, Packet, Ports, To},
     rewrite::{self, Checksums, Side, Ttl},
-    translate::Translated,
+    translate::{self, Translated},
 };
 
 /// Offset of the ICMP checksum in the ICMP header, and of the quoted packet after it.
@@ -202,21 +202,10 @@ pub fn from_client<const N: usize, F: Family<N>>(
         addr: &binding.addr,
         port: binding.port,
     };
-    // SAFETY: the outer IP header was bounds-checked.
-    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
-    let ttl = if forwardable {
-        Ttl::Decrement
-    } else {
-        Ttl::Keep
-    };
+    let (forwardable, ttl) = translate::forwarding::<N, F>(pkt, forward);
     // The quoted reply's source, and the outer destination that mirrors it.
     translate_error::<N, F>(csums, pkt, &q, Side::Src, Side::Dst, container, ttl)?;
-    *out = Translated {
-        egress_ifindex: binding.egress_ifindex,
-        nexthop: F::nexthop(binding.addr),
-        vlan_tagged: pkt.vlan_tagged,
-        forwardable,
-    };
+    *out = Translated::toward::<N, F>(binding.egress_ifindex, binding.addr, pkt, forwardable);
     Ok(())
 }
 
@@ -255,8 +244,7 @@ pub fn from_container<const N: usize, F: Family<N>>(
     .ok_or(Reason::ReplyPassNoFlow)?;
     // SAFETY: a pointer into a live map value; fields are read where they are needed.
     let flow = unsafe { &*flow };
-    // SAFETY: the outer IP header was bounds-checked.
-    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+    if rewrite::ttl_expires::<N, F>(pkt) {
         return Err(Reason::ReplyTtlExpired);
     }
     let host = To {

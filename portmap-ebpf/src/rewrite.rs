@@ -37,6 +37,14 @@ pub enum Ttl {
     Decrement,
 }
 
+/// Whether forwarding `pkt` would expire its TTL (hop limit): such a packet is left to the
+/// stack, which answers with the ICMP error.
+#[inline(always)]
+pub fn ttl_expires<const N: usize, F: Family<N>>(pkt: &Packet) -> bool {
+    // SAFETY: `parse::ip` bounds-checked the IP header.
+    unsafe { *F::ttl_word(pkt.l3).cast::<u8>() <= 1 }
+}
+
 /// A kernel helper refused a checksum update; the packet may be half rewritten.
 pub struct ChecksumError;
 

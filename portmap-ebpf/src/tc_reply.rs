@@ -140,8 +140,7 @@ fn reply<const N: usize, F: Family<N>>(
     flow: *mut FlowState<N>,
 ) -> Verdict {
     flow::touch(flow, flow::closes(pkt));
-    // SAFETY: the IP header was bounds-checked.
-    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+    if rewrite::ttl_expires::<N, F>(pkt) {
         return Verdict::pass(Reason::ReplyTtlExpired);
     }
     // SAFETY: `flow` points into a live map value; fields are read where they are needed.
@@ -241,8 +240,7 @@ fn hairpin<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -> Verdi
     let Some(bridge) = unsafe { BRIDGES.get(ifindex) }.and_then(F::bridge_addr) else {
         return Verdict::pass(Reason::ReplyPassNoFlow);
     };
-    // SAFETY: the IP header was bounds-checked.
-    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+    if rewrite::ttl_expires::<N, F>(pkt) {
         return Verdict::pass(Reason::ReplyTtlExpired);
     }
     key.client_addr = bridge;
@@ -300,8 +298,7 @@ fn later_fragment<const N: usize, F: Family<N>>(ctx: &TcContext, pkt: &Packet) -
     let Some(target) = lookup::fragment::<N, F>(&key).filter(|t| t.path != FRAG_PATH_UPLINK) else {
         return Verdict::pass(Reason::ReplyPassFragmentUnknown);
     };
-    // SAFETY: as above.
-    if unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } <= 1 {
+    if rewrite::ttl_expires::<N, F>(pkt) {
         return Verdict::pass(Reason::ReplyTtlExpired);
     }
     if rewrite::fragment_addrs::<N, F>(&Skb(ctx), pkt, &target, Ttl::Decrement).is_err() {

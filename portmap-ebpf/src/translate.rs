@@ -4,7 +4,8 @@
 use aya_ebpf::{EbpfContext, bindings::bpf_redir_neigh};
 use aya_log_ebpf::warn;
 use portmap_common::{
-    BindingKey, BindingTarget, FRAG_DST, FRAG_PATH_UPLINK, FlowKey, FlowState, FragTarget, Reason,
+    Addr, BindingKey, BindingTarget, FRAG_DST, FRAG_PATH_UPLINK, FlowKey, FlowState, FragTarget,
+    Reason,
 };
 
 use crate::{
@@ -32,6 +33,22 @@ pub struct Translated {
 }
 
 impl Translated {
+    /// `pkt`, rewritten toward `container` on the bridge `egress_ifindex`.
+    #[inline(always)]
+    pub fn toward<const N: usize, F: Family<N>>(
+        egress_ifindex: u32,
+        container: Addr<N>,
+        pkt: &Packet,
+        forwardable: bool,
+    ) -> Self {
+        Self {
+            egress_ifindex,
+            nexthop: F::nexthop(container),
+            vlan_tagged: pkt.vlan_tagged,
+            forwardable,
+        }
+    }
+
     /// Where a hook starts: defined on every path, translated or not.
     #[inline(always)]
     pub fn none() -> Self {
@@ -43,6 +60,19 @@ impl Translated {
             forwardable: false,
         }
     }
+}
+
+/// Whether the hook forwards `pkt` itself (`forward`), which decrements its TTL, and what the
+/// rewrite does to the TTL: one that would expire is left to the stack and its ICMP.
+#[inline(always)]
+pub fn forwarding<const N: usize, F: Family<N>>(pkt: &Packet, forward: bool) -> (bool, Ttl) {
+    let forwardable = forward && !rewrite::ttl_expires::<N, F>(pkt);
+    let ttl = if forwardable {
+        Ttl::Decrement
+    } else {
+        Ttl::Keep
+    };
+    (forwardable, ttl)
 }
 
 /// Translates a client's packet to a published host address and port, of either family.
@@ -119,13 +149,7 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
     }
     // SAFETY: as above.
     let (client, client_port) = unsafe { ((*F::src(pkt.l3)).get(), (*pkt.l4).src) };
-    // SAFETY: the IP header was bounds-checked.
-    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
-    let ttl = if forwardable {
-        Ttl::Decrement
-    } else {
-        Ttl::Keep
-    };
+    let (forwardable, ttl) = forwarding::<N, F>(pkt, forward);
     let slot = recent::slot::<N, F>(pkt, &host, &client, client_port);
     if let Some(slot) = slot
         && recent::fresh(slot, pkt, &host, &client, client_port.to_ne_bytes())
@@ -139,12 +163,8 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         rewrite::endpoint::<N, F>(csums, pkt, Side::Dst, container, ttl)
             .map_err(|_| Reason::UplinkDropWriteFailed)?;
         stats::to_container(recent.binding_id, len);
-        *out = Translated {
-            egress_ifindex: recent.egress_ifindex,
-            nexthop: F::nexthop(recent.container),
-            vlan_tagged: pkt.vlan_tagged,
-            forwardable,
-        };
+        *out =
+            Translated::toward::<N, F>(recent.egress_ifindex, recent.container, pkt, forwardable);
         return Ok(());
     }
 
@@ -189,12 +209,7 @@ fn ports<const N: usize, F: Family<N>, C: Frame + EbpfContext>(
         }
         Err(errno) => record_failed(ctx, key.container_port, errno),
     }
-    *out = Translated {
-        egress_ifindex: binding.egress_ifindex,
-        nexthop: F::nexthop(binding.addr),
-        vlan_tagged: pkt.vlan_tagged,
-        forwardable,
-    };
+    *out = Translated::toward::<N, F>(binding.egress_ifindex, binding.addr, pkt, forwardable);
     Ok(())
 }
 
@@ -244,22 +259,11 @@ fn later_fragment<const N: usize, F: Family<N>>(
     let target = lookup::fragment::<N, F>(&key)
         .filter(|t| t.path == FRAG_PATH_UPLINK)
         .ok_or(Reason::UplinkPassFragmentUnknown)?;
-    // SAFETY: as above.
-    let forwardable = forward && unsafe { *F::ttl_word(pkt.l3).cast::<u8>() } > 1;
-    let ttl = if forwardable {
-        Ttl::Decrement
-    } else {
-        Ttl::Keep
-    };
+    let (forwardable, ttl) = forwarding::<N, F>(pkt, forward);
     rewrite::fragment_addrs::<N, F>(csums, pkt, &target, ttl)
         .map_err(|_| Reason::UplinkDropWriteFailed)?;
     stats::to_container(target.binding_id, len);
-    *out = Translated {
-        egress_ifindex: target.ifindex,
-        nexthop: F::nexthop(target.dst),
-        vlan_tagged: pkt.vlan_tagged,
-        forwardable,
-    };
+    *out = Translated::toward::<N, F>(target.ifindex, target.dst, pkt, forwardable);
     Ok(())
 }
 
