@@ -1,11 +1,19 @@
 //! portmap as a chained CNI plugin: the reference `bridge` + `host-local`, then `portmap-ebpf`,
 //! run as a runtime runs them inside a node namespace; the reference `portmap` plugin through
 //! the same checks as the comparison; twenty containers at once; refusals shaped as the CNI
-//! specification says, leaving nothing behind; a dead instance brought back by the next CHECK.
+//! specification says, leaving nothing behind; a dead instance brought back by the next CHECK,
+//! and one still exiting waited for.
 
 use std::{
     collections::BTreeMap,
+    fs::{self, File},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    os::{fd::AsRawFd as _, unix::net::UnixListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -15,6 +23,7 @@ use portmap_tests::{
     servers::{self, Server},
     topology::{CLIENT_IP, HOST_IP, UPLINK},
 };
+use portmap_user::control::InstancePaths;
 use serde_json::{Value, json};
 
 fn node(default_route: bool) -> CniNode {
@@ -597,6 +606,130 @@ fn cni_a_dead_instance_is_restarted_and_refilled() {
     assert_eq!(by_owner(&node), before, "every container published again");
     assert_reaches(&node, 8080, 5353, "c1");
     drop(own);
+}
+
+// A killed instance's threads close its sockets one by one: its control socket may still
+// accept and then close without an answer while its lock is held. ADD waits for such an
+// instance to be gone and starts a new one; one that never goes is an error naming the socket
+// after a bounded wait, and nothing is started.
+#[test]
+fn cni_an_exiting_instance_is_waited_for_then_replaced() {
+    let mut node = node(true);
+    let program = Publisher::Ours.program();
+    let c1 = node.container("c1").unwrap();
+    let prev = node.connect("ctr-c1", c1, "1.0.0").unwrap();
+    let conf = node.publisher_conf(
+        Publisher::Ours,
+        "1.0.0",
+        Some(&prev),
+        &[mapping(8080, 80, "tcp"), mapping(5353, 53, "udp")],
+    );
+    let paths = InstancePaths::new(&node.pin_dir());
+
+    let stuck = Exiting::start(&paths, None);
+    let began = Instant::now();
+    let error = node
+        .run(&program, "ADD", "ctr-c1", Some(c1), &conf)
+        .unwrap()
+        .error();
+    assert!(
+        began.elapsed() >= Duration::from_secs(9),
+        "gave up after {:?}, before its bound",
+        began.elapsed()
+    );
+    assert!(
+        error.msg.contains("reaching the node's portmap"),
+        "{error:?}"
+    );
+    assert!(
+        error.details.contains(&paths.socket.display().to_string()),
+        "{error:?}"
+    );
+    // One connection to see it is there, then the request it closes unanswered.
+    assert!(stuck.unanswered() >= 2, "the plugin asked the exiting one");
+    assert!(node.instance_pids().is_empty(), "no instance started");
+    drop(stuck);
+
+    let exiting = Exiting::start(&paths, Some(Duration::from_millis(1500)));
+    let began = Instant::now();
+    node.run(&program, "ADD", "ctr-c1", Some(c1), &conf)
+        .unwrap()
+        .result();
+    assert!(
+        began.elapsed() >= Duration::from_millis(1500),
+        "ADD went on after {:?}, while the old instance held its lock",
+        began.elapsed()
+    );
+    assert!(
+        exiting.unanswered() >= 1,
+        "the plugin asked the exiting one"
+    );
+    assert_eq!(node.instance_pids().len(), 1, "a new instance");
+    let _servers = serve(&node, c1, "c1");
+    assert_reaches(&node, 8080, 5353, "c1");
+}
+
+/// Stands in for an instance being killed: holds its lock and accepts on its control socket,
+/// closing every connection unanswered, for `lasts` (or until dropped); then it is gone, its
+/// socket file left behind as a killed process leaves it.
+struct Exiting {
+    stop: Arc<AtomicBool>,
+    unanswered: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exiting {
+    fn start(paths: &InstancePaths, lasts: Option<Duration>) -> Self {
+        fs::create_dir_all(InstancePaths::RUN_DIR).unwrap();
+        let lock = File::create(&paths.lock).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0,
+            "the instance lock is free"
+        );
+        let _ = fs::remove_file(&paths.socket);
+        let listener = UnixListener::bind(&paths.socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (stop, unanswered) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (flag, count) = (stop.clone(), unanswered.clone());
+        let ends = lasts.map(|lasts| Instant::now() + lasts);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) && ends.is_none_or(|at| Instant::now() < at) {
+                match listener.accept() {
+                    Ok((connection, _)) => {
+                        drop(connection);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            drop(listener);
+            drop(lock);
+        });
+        Self {
+            stop,
+            unanswered,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections it closed without an answer.
+    fn unanswered(&self) -> usize {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Exiting {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A `portmap run` the test started itself, stopped (SIGTERM, then SIGKILL) when dropped.
