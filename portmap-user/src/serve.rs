@@ -297,11 +297,19 @@ fn all_bindings(instance: &Instance) -> Vec<Binding> {
     instance.published().map(|p| p.binding.clone()).collect()
 }
 
+/// How long publications must pause before a conntrack pass starts. A pass is a few
+/// milliseconds of kernel time that does not yield, even on a table with few entries (the dump
+/// walks every bucket); requests that come in a burst, such as an `add` and the `rm` after it,
+/// should not wait behind one on a busy CPU.
+const RELEASE_QUIET: Duration = Duration::from_millis(250);
+/// The longest a pass is put off by publications that keep coming.
+const RELEASE_MAX_DELAY: Duration = Duration::from_secs(2);
+
 /// Marks the TCP connections conntrack tracks for bindings just published, so that conntrack
 /// takes them back when portmap stops (see [`conntrack`]). On a thread of its own: a pass reads
 /// the whole conntrack table, which must not hold up the next control request; publications
-/// that arrive during a pass are taken together in the next one. A failure costs only that, so
-/// it is logged (loudly once).
+/// that arrive close together, or during a pass, are taken together in one. A failure costs
+/// only that, so it is logged (loudly once).
 struct Releaser {
     queue: std::sync::mpsc::Sender<(Vec<Binding>, Vec<IpAddr>)>,
     worker: std::thread::JoinHandle<()>,
@@ -312,9 +320,17 @@ impl Releaser {
         let (queue, published) = std::sync::mpsc::channel::<(Vec<Binding>, Vec<IpAddr>)>();
         let worker = std::thread::spawn(move || {
             while let Ok((mut bindings, mut local_addrs)) = published.recv() {
-                for (more, addrs) in published.try_iter() {
-                    bindings.extend(more);
-                    local_addrs = addrs;
+                let latest = Instant::now() + RELEASE_MAX_DELAY;
+                loop {
+                    let wait = RELEASE_QUIET.min(latest.saturating_duration_since(Instant::now()));
+                    match published.recv_timeout(wait) {
+                        Ok((more, addrs)) => {
+                            bindings.extend(more);
+                            local_addrs = addrs;
+                        }
+                        // Quiet for long enough, waited long enough, or stopping: pass now.
+                        Err(_) => break,
+                    }
                 }
                 release_now(&bindings, &local_addrs);
             }
