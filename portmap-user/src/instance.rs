@@ -62,7 +62,13 @@ struct Live {
 
 pub struct Instance {
     dataplane: Dataplane,
-    live: Vec<Live>,
+    /// Boxed, so that growing the list moves pointers, not ten thousand bindings: the first
+    /// `add` after a bulk publication would otherwise copy megabytes.
+    #[expect(
+        clippy::vec_box,
+        reason = "growth must not move the bindings themselves"
+    )]
+    live: Vec<Box<Live>>,
     /// `--container` addresses given to `run`, for services named by later `add`s.
     containers: Vec<ContainerAddr>,
     /// The bridge `run` was given: where bindings go unless an `add` names another.
@@ -118,10 +124,12 @@ impl Instance {
             live: published
                 .into_iter()
                 .zip(reservations)
-                .map(|(published, reservation)| Live {
-                    published,
-                    owner: None,
-                    _reservation: reservation,
+                .map(|(published, reservation)| {
+                    Box::new(Live {
+                        published,
+                        owner: None,
+                        _reservation: reservation,
+                    })
                 })
                 .collect(),
             containers,
@@ -293,7 +301,7 @@ impl Instance {
             .into_iter()
             .rev()
             .map(|i| {
-                let live = self.live.remove(i);
+                let live = *self.live.remove(i);
                 let held = live._reservation.is_some();
                 (live.published, live.owner, held)
             })
@@ -329,10 +337,12 @@ impl Instance {
                     .iter()
                     .cloned()
                     .zip(reservations)
-                    .map(|(published, reservation)| Live {
-                        published,
-                        owner: publication.owner.clone(),
-                        _reservation: reservation,
+                    .map(|(published, reservation)| {
+                        Box::new(Live {
+                            published,
+                            owner: publication.owner.clone(),
+                            _reservation: reservation,
+                        })
                     }),
             );
         self.just_published = added.iter().map(|p| p.binding.clone()).collect();
@@ -377,11 +387,11 @@ impl Instance {
                     }
                 }
             };
-            self.live.push(Live {
+            self.live.push(Box::new(Live {
                 published,
                 owner,
                 _reservation: reservation,
-            });
+            }));
         }
     }
 
@@ -436,7 +446,7 @@ impl Instance {
             return Ok(Vec::new());
         }
         self.dataplane.remove(ids).map_err(Refused::Runtime)?;
-        let gone: Vec<Live> = self
+        let gone: Vec<Box<Live>> = self
             .live
             .extract_if(.., |live| ids.contains(&live.published.id))
             .collect();
@@ -445,7 +455,12 @@ impl Instance {
         // Dropping `gone` releases the host ports it held.
         Ok(gone
             .into_iter()
-            .map(|live| (live.published, live.owner))
+            .map(|live| {
+                let Live {
+                    published, owner, ..
+                } = *live;
+                (published, owner)
+            })
             .collect())
     }
 
