@@ -2,7 +2,8 @@
 //! and `stats`, through the real binary, against real TCP and UDP exchanges in namespaces.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     process::Output,
     sync::{
         Arc,
@@ -251,6 +252,54 @@ fn live_published_ports_are_reserved_and_taken_ports_are_refused() {
 
     let after = stdout(&ctl(&net, &instance, &["ls"]));
     assert_eq!(after.lines().count(), 2, "nothing half-applied:\n{after}");
+}
+
+// A port that finished connections left in TIME_WAIT is published and held all the same: a
+// plain bind is refused there, so the hold falls back to SO_REUSEADDR and listening, and other
+// programs still cannot bind the port.
+#[test]
+fn live_a_port_in_time_wait_is_published_and_held() {
+    let (net, instance, _servers) = setup(&["8080:80=172.17.0.2"]);
+    net.host.run(|| {
+        // The server side closes first: its end of the connection, port 7171, waits.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7171)).unwrap();
+        let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, 7171)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(server);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "the server closed");
+    });
+    assert!(
+        net.host.run(|| time_wait_on(7171)),
+        "a connection on port 7171 is in TIME_WAIT"
+    );
+
+    let added = ctl(&net, &instance, &["add", "7171:80=172.17.0.2"]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let taken = net
+        .host
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7171)));
+    assert!(taken.is_err(), "7171/tcp is held by portmap");
+    let answer = net
+        .client
+        .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, 7171)));
+    assert_eq!(answer.expect("7171 answers").server, "c1");
+}
+
+/// Whether this thread's network namespace has a TCP connection in TIME_WAIT on local `port`.
+fn time_wait_on(port: u16) -> bool {
+    const TIME_WAIT: &str = "06";
+    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(3) == Some(&TIME_WAIT)
+            && fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .is_some_and(|p| u16::from_str_radix(p, 16) == Ok(port))
+    })
 }
 
 // Conflicts and unknown selectors are refused whole, naming what is wrong.

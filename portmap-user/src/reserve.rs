@@ -1,6 +1,7 @@
 //! Holding published host ports against other processes, as Docker does: for each binding a
-//! socket bound to its host address and port (listening, for TCP) with a filter that drops
-//! everything, so that no other program can take the port and nothing reaches this socket.
+//! socket bound to its host address and port, so that no other program can take the port, and
+//! given nothing: a UDP socket drops every datagram through a filter, a TCP socket does not
+//! listen (unless TIME_WAIT forces it to; see [`reserve`]).
 //!
 //! When the port is taken, the error names the process that holds it.
 
@@ -148,31 +149,47 @@ pub fn reserve(binding: &Binding) -> Result<Reservation, ReserveError> {
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let fd = socket.as_raw_fd();
-    // The filter goes on before listen(2), so that not one packet is ever queued here.
-    attach_drop_all(fd).map_err(io_error)?;
-    if binding.proto == Proto::Tcp {
-        // A finished connection's TIME_WAIT on the port must not keep us off it.
-        set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(io_error)?;
-    }
     if addr.is_ipv6() {
         // `[::]:80` holds the IPv6 port only; the IPv4 one is its own binding's to hold.
         set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).map_err(io_error)?;
     }
-    let bound = bind(fd, addr);
-    if bound != 0 {
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::EADDRINUSE) {
-            return Err(ReserveError::InUse {
-                port: binding.host_port,
-                proto: binding.proto,
-                holder: holder_of(binding.proto, binding.host_port),
-                wanted_by: binding.origin.clone(),
-            });
-        }
+    let in_use = || ReserveError::InUse {
+        port: binding.host_port,
+        proto: binding.proto,
+        holder: holder_of(binding.proto, binding.host_port),
+        wanted_by: binding.origin.clone(),
+    };
+    let bind_or_refuse = || match bind(fd, addr) {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            error if error.raw_os_error() == Some(libc::EADDRINUSE) => Err(in_use()),
+            error => Err(io_error(error)),
+        },
+    };
+    if binding.proto == Proto::Udp {
+        // Datagrams the stack hands this socket are dropped, not queued.
+        attach_drop_all(fd).map_err(io_error)?;
+        bind_or_refuse()?;
+        return Ok(Reservation { _socket: socket });
+    }
+    // Bound without SO_REUSEADDR, a TCP port is ours alone: every other bind to it fails,
+    // whatever that socket's options, and a socket that never listens is given nothing. Two
+    // calls, where listening takes five.
+    if bind(fd, addr) == 0 {
+        return Ok(Reservation { _socket: socket });
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EADDRINUSE) {
         return Err(io_error(error));
     }
+    // Taken, or only by the TIME_WAIT of finished connections, which SO_REUSEADDR binds past.
+    // Held that way, the port must be listened on to keep other SO_REUSEADDR sockets off it,
+    // with the drop-all filter on first so that no connection is ever queued here.
+    attach_drop_all(fd).map_err(io_error)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(io_error)?;
+    bind_or_refuse()?;
     // SAFETY: listen(2) on our own socket.
-    if binding.proto == Proto::Tcp && unsafe { libc::listen(fd, 1) } != 0 {
+    if unsafe { libc::listen(fd, 1) } != 0 {
         return Err(io_error(io::Error::last_os_error()));
     }
     Ok(Reservation { _socket: socket })
