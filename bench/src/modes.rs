@@ -217,12 +217,11 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
             let began = Instant::now();
             deployed.net.host.exec("iptables-restore", &[&file])?;
             deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
-            settle();
             let spare = spare(c1);
-            deployed.add_remove = Some((
-                timed(|| iptables_port(&deployed.net.host, "-I", &spare))?,
-                timed(|| iptables_port(&deployed.net.host, "-D", &spare))?,
-            ));
+            deployed.add_remove = Some(add_remove(
+                || iptables_port(&deployed.net.host, "-I", &spare),
+                || iptables_port(&deployed.net.host, "-D", &spare),
+            )?);
             let _ = fs::remove_file(file);
         }
         Mode::NftMap => {
@@ -230,7 +229,6 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
             let began = Instant::now();
             deployed.net.host.exec("nft", &["-f", &file])?;
             deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
-            settle();
             let spare = spare(c1);
             let element = format!(
                 "{{ tcp . {} : {} . {} }}",
@@ -240,22 +238,22 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
             );
             let key = format!("{{ tcp . {} }}", spare.host);
             let host = &deployed.net.host;
-            deployed.add_remove = Some((
-                timed(|| {
+            deployed.add_remove = Some(add_remove(
+                || {
                     host.exec(
                         "nft",
                         &["add", "element", "ip", "pmbench", "ports", &element],
                     )
                     .map(drop)
-                })?,
-                timed(|| {
+                },
+                || {
                     host.exec(
                         "nft",
                         &["delete", "element", "ip", "pmbench", "ports", &key],
                     )
                     .map(drop)
-                })?,
-            ));
+                },
+            )?);
             let _ = fs::remove_file(file);
         }
         Mode::PortmapXdp | Mode::PortmapTc => {
@@ -286,10 +284,9 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
                 },
             )?;
             deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
-            settle();
             let spare = spare(c1);
-            deployed.add_remove = Some((
-                timed(|| {
+            deployed.add_remove = Some(add_remove(
+                || {
                     control(
                         &paths,
                         Request::Add {
@@ -301,8 +298,8 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
                             hold_ports: true,
                         },
                     )
-                })?,
-                timed(|| {
+                },
+                || {
                     control(
                         &paths,
                         Request::Rm {
@@ -310,20 +307,19 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
                             owner: None,
                         },
                     )
-                })?,
-            ));
+                },
+            )?);
         }
         Mode::CniPortmap => {
             let mapped = |p: &Port| (p.proto, p.host, p.container);
             let began = Instant::now();
             crate::cni::publish(&deployed.net, ports.iter().map(mapped))?;
             deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
-            settle();
             let spare = mapped(&spare(c1));
-            deployed.add_remove = Some((
-                timed(|| crate::cni::add_spare(&deployed.net, spare))?,
-                timed(|| crate::cni::remove_spare(&deployed.net, spare))?,
-            ));
+            deployed.add_remove = Some(add_remove(
+                || crate::cni::add_spare(&deployed.net, spare),
+                || crate::cni::remove_spare(&deployed.net, spare),
+            )?);
         }
     }
     Ok(deployed)
@@ -348,11 +344,26 @@ fn spare(c1: Ipv4Addr) -> Port {
     }
 }
 
-/// Lets the work an install leaves behind finish before one binding is added and removed: on
-/// the bench's single CPU, portmap's conntrack pass after publishing 10,000 bindings (a few ms
-/// of kernel time that does not yield) would otherwise be timed as part of the next request.
-fn settle() {
+/// How many times one binding is added and removed; the report gives the median of each.
+const ADD_REMOVE_CYCLES: usize = 5;
+
+/// The median time to `add` one binding and to `remove` it again, over
+/// [`ADD_REMOVE_CYCLES`] cycles, once the install has settled: on the bench's single CPU, the
+/// work an install leaves behind (portmap's conntrack pass after publishing 10,000 bindings)
+/// would otherwise be timed as part of the next request.
+fn add_remove(
+    add: impl Fn() -> anyhow::Result<()>,
+    remove: impl Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<(Duration, Duration)> {
     std::thread::sleep(Duration::from_millis(200));
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    for _ in 0..ADD_REMOVE_CYCLES {
+        adds.push(timed(&add)?);
+        removes.push(timed(&remove)?);
+    }
+    adds.sort_unstable();
+    removes.sort_unstable();
+    Ok((adds[adds.len() / 2], removes[removes.len() / 2]))
 }
 
 fn timed(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Duration> {

@@ -215,7 +215,7 @@ impl Run {
         }
         let _ = writeln!(
             out,
-            "\ninstall N bindings until traffic flows; add one; remove one"
+            "\ninstall N bindings until traffic flows; add one, remove one (medians of 5, once the install settled)"
         );
         header(&mut out);
         for n in self.ns() {
@@ -377,7 +377,7 @@ impl Run {
                 check(
                     add < Duration::from_millis(1) && remove < Duration::from_millis(1),
                     format!(
-                        "one binding added in {}, removed in {} (< 1 ms)",
+                        "one binding added in {}, removed in {} (medians; < 1 ms)",
                         fmt_duration(add),
                         fmt_duration(remove)
                     ),
