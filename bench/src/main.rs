@@ -125,11 +125,11 @@ fn measure(mode: Mode, n: usize, seconds: Duration, rounds: usize) -> anyhow::Re
     let mut samples = Vec::new();
     let mut failed = 0;
     for _ in 0..rounds {
-        modes::flush_conntrack(&net.host);
+        modes::flush_state(&deployed)?;
         let conns = load::tcp_connections(&net.client, deployed.rr, sources, 4, seconds);
         failed += conns.failed;
 
-        modes::flush_conntrack(&net.host);
+        modes::flush_state(&deployed)?;
         let before = load::udp_delivered(udp_ns)?;
         let began = std::time::Instant::now();
         load::udp_new_flows(&net.client, deployed.udp, sources, half)?;

@@ -497,8 +497,20 @@ fn nft_ruleset(ports: &[Port]) -> String {
 }
 
 /// Empties the host's connection tracking table between rounds (no-op where nothing tracks).
-pub fn flush_conntrack(host: &Netns) {
-    let _ = run(Command::new("ip").args(["netns", "exec", host.name(), "conntrack", "-F"]));
+/// Starts a round from the same state in every mode: conntrack's table emptied, and portmap's
+/// flow tables too (its connection state, which a round left full of the last round's flows).
+pub fn flush_state(deployed: &Deployed) -> anyhow::Result<()> {
+    let _ = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        deployed.net.host.name(),
+        "conntrack",
+        "-F",
+    ]));
+    if let Some(portmap) = &deployed.portmap {
+        portmap_user::dataplane::forget_pinned_flows(&portmap.pin_dir)?;
+    }
+    Ok(())
 }
 
 /// portmap's resident memory and the kernel memory of its maps and programs.

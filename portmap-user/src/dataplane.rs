@@ -980,8 +980,21 @@ where
     FlowState<N>: aya::Pod,
 {
     let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map_mut(name), name)?;
+    sweep_map(&mut flows, name, expired)
+}
+
+/// [`sweep`], on a flow table however it was opened.
+fn sweep_map<const N: usize, T: std::borrow::BorrowMut<MapData>>(
+    flows: &mut HashMap<T, FlowKey<N>, FlowState<N>>,
+    name: &str,
+    expired: &dyn Fn(u8, u8, u32, u32, u32) -> bool,
+) -> anyhow::Result<usize>
+where
+    FlowKey<N>: aya::Pod,
+    FlowState<N>: aya::Pod,
+{
     let mut stale: Vec<FlowKey<N>> = Vec::new();
-    read_each(&flows, name, |key, flow| {
+    read_each(flows, name, |key, flow| {
         if expired(
             key.proto,
             flow.flags,
@@ -994,7 +1007,7 @@ where
     })?;
     // A flow the LRU evicted meanwhile is already gone: it stops a batch, and is skipped.
     let mut rest = &stale[..];
-    while let Err(stopped) = batch::delete(map_fd(&flows), rest) {
+    while let Err(stopped) = batch::delete(map_fd(flows), rest) {
         if stopped.done == 0 && unsupported(&stopped.error) {
             for key in rest {
                 let _ = flows.remove(key);
@@ -1097,6 +1110,31 @@ fn sum_reasons<T: std::borrow::Borrow<MapData>>(
         .iter()
         .map(|&reason| Ok((reason, map.get(&(reason as u32), 0)?.iter().sum())))
         .collect()
+}
+
+/// Empties the flow tables of the instance whose maps are pinned at `dir`, as `conntrack -F`
+/// empties conntrack's: every flow's next packet is recorded afresh, and the replies of a flow
+/// in between are not translated. For benchmarks, so that each round starts from the same state
+/// in every mode. Returns how many flows there were.
+///
+/// # Errors
+///
+/// A flow table that is not pinned there, or that cannot be read.
+pub fn forget_pinned_flows(dir: &Path) -> anyhow::Result<usize> {
+    fn forget<const N: usize>(dir: &Path, name: &str) -> anyhow::Result<usize>
+    where
+        FlowKey<N>: aya::Pod,
+        FlowState<N>: aya::Pod,
+    {
+        let path = dir.join(name);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned {}", path.display()))?;
+        let map = aya::maps::Map::from_map_data(data)
+            .with_context(|| format!("opening the pinned {}", path.display()))?;
+        let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(Some(map), name)?;
+        sweep_map(&mut flows, name, &|_, _, _, _, _| true)
+    }
+    Ok(forget::<4>(dir, names::FLOWS_V4)? + forget::<16>(dir, names::FLOWS_V6)?)
 }
 
 /// Unpins every map under `dir` and removes it; leaves nothing behind on the bpffs.
