@@ -85,6 +85,9 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             eprintln!("bench: {mode} at N = {n}");
+            // The last mode's namespaces and sockets are torn down in the background: that
+            // work must not land on this one's install.
+            wait_until_idle();
             let cell = measure(mode, n, seconds, args.rounds)
                 .with_context(|| format!("{mode} at N = {n}"))?;
             eprintln!("bench:   {}", cell.summary());
@@ -175,6 +178,37 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     }
     let at = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[at].as_secs_f64() * 1e6
+}
+
+/// Waits (up to 5 s) until the machine is idle: nine tenths of its CPU time idle over 100 ms.
+fn wait_until_idle() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut before = cpu_times();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = cpu_times();
+        let (total, idle) = (now.0 - before.0, now.1 - before.1);
+        if total > 0 && idle * 10 >= total * 9 {
+            return;
+        }
+        before = now;
+    }
+}
+
+/// All CPU time and idle time so far, in ticks, from /proc/stat (zero if unreadable).
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are idle.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (ticks.iter().take(8).sum(), idle)
 }
 
 /// Pins this process, and so every thread and child it starts afterwards, to CPU 0.
