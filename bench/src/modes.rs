@@ -349,8 +349,7 @@ const ADD_REMOVE_CYCLES: usize = 5;
 
 /// The median time to `add` one binding and to `remove` it again, over
 /// [`ADD_REMOVE_CYCLES`] cycles, once the install has settled: on the bench's single CPU, the
-/// work an install leaves behind (portmap's conntrack pass after publishing 10,000 bindings)
-/// would otherwise be timed as part of the next request.
+/// work an install leaves behind would otherwise be timed as part of the first request.
 fn add_remove(
     add: impl Fn() -> anyhow::Result<()>,
     remove: impl Fn() -> anyhow::Result<()>,
@@ -496,7 +495,6 @@ fn nft_ruleset(ports: &[Port]) -> String {
     )
 }
 
-/// Empties the host's connection tracking table between rounds (no-op where nothing tracks).
 /// Starts a round from the same state in every mode: conntrack's table emptied, and portmap's
 /// flow tables too (its connection state, which a round left full of the last round's flows).
 pub fn flush_state(deployed: &Deployed) -> anyhow::Result<()> {
