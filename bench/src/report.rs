@@ -429,7 +429,9 @@ fn machine_line() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's CPUs, not this process's: the bench pins itself to one.
+    // SAFETY: sysconf reads a constant and has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let date = std::process::Command::new("date")
         .arg("-u")
