@@ -450,6 +450,43 @@ fn tc_reply_v4_udp_restores_host_src_when_flow_known() {
     assert_eq!(seen.payload, b"answer");
 }
 
+// UDP flows have a table of their own: more new datagrams than both tables hold together
+// evict UDP flows only, and a TCP connection recorded before them is still answered.
+#[test]
+fn tc_reply_v4_tcp_restores_host_src_after_more_udp_flows_than_all_tables_hold() {
+    let mut dp = dataplane(&["8080:80=172.17.0.2", "5353:53/udp=172.17.0.3"]);
+    xdp(&mut dp, &V4::tcp_syn(CLIENT, SocketAddrV4::new(HOST, 8080)));
+    let flood = portmap_common::MAX_TCP_FLOWS + portmap_common::MAX_UDP_FLOWS + 8_192;
+    for i in 0..flood {
+        let client = SocketAddrV4::new(
+            Ipv4Addr::new(203, 0, 113, 1 + (i / 60_000) as u8),
+            1024 + (i % 60_000) as u16,
+        );
+        let ran = xdp(
+            &mut dp,
+            &V4::udp(client, SocketAddrV4::new(HOST, 5353), b"q"),
+        );
+        assert_eq!(
+            packet::read(&ran.frame).dst,
+            SocketAddrV4::new(C2, 53),
+            "datagram {i} translated"
+        );
+    }
+    let flows = dp.flows_v4().unwrap();
+    let udp = flows.iter().filter(|(k, _)| k.proto == packet::UDP).count();
+    assert!(
+        udp <= portmap_common::MAX_UDP_FLOWS as usize,
+        "UDP flows within their table: {udp}"
+    );
+    let answer = reply(SocketAddrV4::new(C1, 80), CLIENT, packet::TCP);
+    let ran = testrun::tc(&mut dp, programs::TC_REPLY, &answer.frame(), 1);
+    assert_eq!(
+        ran.verdict, TC_ACT_REDIRECT,
+        "the connection's reply translated"
+    );
+    assert_eq!(packet::read(&ran.frame).src, SocketAddrV4::new(HOST, 8080));
+}
+
 // Traffic from a container that belongs to no translated flow (S9, outbound) is left alone.
 #[test]
 fn tc_reply_v4_tcp_passes_when_no_flow() {
@@ -613,17 +650,16 @@ fn flows_beyond_one_read_chunk_are_all_read_and_only_dead_ones_swept() {
     );
     let recorded = dp.flows_v4().unwrap();
     assert_eq!(recorded.len(), 2, "precondition: one flow per binding");
-    {
+    for (key, value) in &recorded {
+        let table = portmap_common::names::flows::<4>(key.proto);
         let mut flows: aya::maps::HashMap<_, FlowKeyV4, portmap_common::FlowV4> =
-            aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut("FLOWS_V4").unwrap()).unwrap();
-        for (key, value) in &recorded {
-            for port in 1..EACH {
-                let copy = FlowKeyV4 {
-                    client_port: port.to_be_bytes(),
-                    ..*key
-                };
-                flows.insert(copy, value, 0).unwrap();
-            }
+            aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut(table).unwrap()).unwrap();
+        for port in 1..EACH {
+            let copy = FlowKeyV4 {
+                client_port: port.to_be_bytes(),
+                ..*key
+            };
+            flows.insert(copy, value, 0).unwrap();
         }
     }
     let all = usize::from(EACH) * 2;

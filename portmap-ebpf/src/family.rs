@@ -12,7 +12,8 @@ use portmap_common::{
 
 use crate::{
     maps::{
-        BINDINGS_V4, BINDINGS_V6, FLOWS_V4, FLOWS_V6, FRAGS_V4, FRAGS_V6, RECENT_V4, RECENT_V6,
+        BINDINGS_V4, BINDINGS_V6, FRAGS_V4, FRAGS_V6, RECENT_V4, RECENT_V6, TCP_FLOWS_V4,
+        TCP_FLOWS_V6, UDP_FLOWS_V4, UDP_FLOWS_V6,
     },
     parse::{Addr, Ipv4Hdr, Ipv6Hdr, WireAddr},
 };
@@ -24,7 +25,10 @@ pub trait Family<const N: usize> {
     const ICMP: u8;
 
     fn bindings() -> &'static HashMap<BindingKey<N>, BindingTarget<N>>;
-    fn flows() -> &'static LruHashMap<FlowKey<N>, FlowState<N>>;
+    /// The TCP connections' flow table.
+    fn tcp_flows() -> &'static LruHashMap<FlowKey<N>, FlowState<N>>;
+    /// The UDP flows' table.
+    fn udp_flows() -> &'static LruHashMap<FlowKey<N>, FlowState<N>>;
     fn frags() -> &'static LruHashMap<FragKey<N>, FragTarget<N>>;
     fn recent() -> &'static PerCpuArray<Recent<N>>;
 
@@ -90,8 +94,11 @@ impl Family<4> for V4 {
     fn bindings() -> &'static HashMap<BindingKey<4>, BindingTarget<4>> {
         &BINDINGS_V4
     }
-    fn flows() -> &'static LruHashMap<FlowKey<4>, FlowState<4>> {
-        &FLOWS_V4
+    fn tcp_flows() -> &'static LruHashMap<FlowKey<4>, FlowState<4>> {
+        &TCP_FLOWS_V4
+    }
+    fn udp_flows() -> &'static LruHashMap<FlowKey<4>, FlowState<4>> {
+        &UDP_FLOWS_V4
     }
     fn frags() -> &'static LruHashMap<FragKey<4>, FragTarget<4>> {
         &FRAGS_V4
@@ -156,8 +163,11 @@ impl Family<16> for V6 {
     fn bindings() -> &'static HashMap<BindingKey<16>, BindingTarget<16>> {
         &BINDINGS_V6
     }
-    fn flows() -> &'static LruHashMap<FlowKey<16>, FlowState<16>> {
-        &FLOWS_V6
+    fn tcp_flows() -> &'static LruHashMap<FlowKey<16>, FlowState<16>> {
+        &TCP_FLOWS_V6
+    }
+    fn udp_flows() -> &'static LruHashMap<FlowKey<16>, FlowState<16>> {
+        &UDP_FLOWS_V6
     }
     fn frags() -> &'static LruHashMap<FragKey<16>, FragTarget<16>> {
         &FRAGS_V6

@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 use portmap_common::{Addr, FLOW_CLOSING, FlowKey, FlowState, FragKey, FragTarget, proto};
 
-use crate::{family::Family, parse::Packet};
+use crate::{family::Family, lookup, parse::Packet};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -57,7 +57,7 @@ pub fn record<const N: usize, F: Family<N>>(
     flow: &mut FlowState<N>,
     closing: bool,
 ) -> Result<(), i32> {
-    if let Some(existing) = F::flows().get_ptr_mut(key) {
+    if let Some(existing) = lookup::flow::<N, F>(key) {
         // SAFETY: a pointer into a live map value.
         if unsafe { (*existing).same_flow(flow) } {
             touch(existing, closing);
@@ -68,7 +68,12 @@ pub fn record<const N: usize, F: Family<N>>(
     if closing {
         flow.flags |= FLOW_CLOSING;
     }
-    F::flows().insert(key, flow, 0)
+    // Each table at its own call site, so that the verifier can call its map's code directly.
+    if key.proto == proto::TCP {
+        F::tcp_flows().insert(key, flow, 0)
+    } else {
+        F::udp_flows().insert(key, flow, 0)
+    }
 }
 
 /// The key a datagram's fragments share: its addresses as they arrive, IP id and protocol.

@@ -1,7 +1,7 @@
 //! Map lookups, and nothing else: which binding a destination hits, which flow a reply belongs
 //! to, and how a fragmented datagram's first piece was translated.
 
-use portmap_common::{BindingKey, BindingTarget, FlowKey, FlowState, FragKey, FragTarget};
+use portmap_common::{BindingKey, BindingTarget, FlowKey, FlowState, FragKey, FragTarget, proto};
 
 use crate::{family::Family, maps::BINDING_GEN};
 
@@ -25,11 +25,22 @@ pub fn binding<const N: usize, F: Family<N>>(
 /// A pointer, so that the caller can mark the flow seen.
 #[inline(always)]
 pub fn live_flow<const N: usize, F: Family<N>>(key: &FlowKey<N>) -> Option<*mut FlowState<N>> {
-    let flow = F::flows().get_ptr_mut(key)?;
+    let flow = flow::<N, F>(key)?;
     // SAFETY: a pointer into a map value the kernel keeps alive for this program run; an LRU
     // eviction in between can at worst hand back another flow's whole value.
     let (binding_id, generation) = unsafe { ((*flow).binding_id, (*flow).generation) };
     (BINDING_GEN.get(binding_id) == Some(&generation)).then_some(flow)
+}
+
+/// The flow recorded under `key`, in its protocol's table, whatever its generation.
+#[inline(always)]
+pub fn flow<const N: usize, F: Family<N>>(key: &FlowKey<N>) -> Option<*mut FlowState<N>> {
+    // Each table at its own call site, so that the verifier can call its map's code directly.
+    if key.proto == proto::TCP {
+        F::tcp_flows().get_ptr_mut(key)
+    } else {
+        F::udp_flows().get_ptr_mut(key)
+    }
 }
 
 /// How a datagram's first fragment was translated.

@@ -2,14 +2,14 @@
 //! `portmap-common`, which the loader reads too.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use portmap_common::{
     BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget,
-    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FLOWS, MAX_FRAGS, MAX_SOCKS, RECENT_SLOTS,
-    Recent, SockKey, SockOrig, V4, V6, reason::REASON_COUNT,
+    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FRAGS, MAX_SOCKS, MAX_TCP_FLOWS,
+    MAX_UDP_FLOWS, RECENT_SLOTS, Recent, SockKey, SockOrig, V4, V6, reason::REASON_COUNT,
 };
 
 /// Published ports. Not preallocated, so that an entry replaced while a packet reads it is
@@ -21,13 +21,24 @@ pub static BINDINGS_V4: HashMap<BindingKey<V4>, BindingTarget<V4>> =
 pub static BINDINGS_V6: HashMap<BindingKey<V6>, BindingTarget<V6>> =
     HashMap::with_max_entries(MAX_BINDING_KEYS, BPF_F_NO_PREALLOC);
 
-/// Translated flows, keyed as the container's replies look.
+/// Translated TCP connections, keyed as the container's replies look. Each CPU keeps its own
+/// LRU list: with one list shared by all, a CPU takes 128 free entries at a time under a global
+/// lock, and that batch, walked through cold memory, was the fresh-connection p99 (1.6x the
+/// no-NAT floor; 1.0x with a list per CPU).
 #[map]
-pub static FLOWS_V4: LruHashMap<FlowKey<V4>, FlowState<V4>> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static TCP_FLOWS_V4: LruHashMap<FlowKey<V4>, FlowState<V4>> =
+    LruHashMap::with_max_entries(MAX_TCP_FLOWS, BPF_F_NO_COMMON_LRU);
 #[map]
-pub static FLOWS_V6: LruHashMap<FlowKey<V6>, FlowState<V6>> =
-    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static TCP_FLOWS_V6: LruHashMap<FlowKey<V6>, FlowState<V6>> =
+    LruHashMap::with_max_entries(MAX_TCP_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Translated UDP flows, in one LRU list for all CPUs: see [`MAX_UDP_FLOWS`].
+#[map]
+pub static UDP_FLOWS_V4: LruHashMap<FlowKey<V4>, FlowState<V4>> =
+    LruHashMap::with_max_entries(MAX_UDP_FLOWS, 0);
+#[map]
+pub static UDP_FLOWS_V6: LruHashMap<FlowKey<V6>, FlowState<V6>> =
+    LruHashMap::with_max_entries(MAX_UDP_FLOWS, 0);
 
 /// First fragments' translations, for the fragments after them.
 #[map]

@@ -387,8 +387,7 @@ impl Dataplane {
             // huge idle time: only ages under half the clock's range count.
             live.get(&binding) != Some(&generation) || (idle > timeout && idle < u32::MAX / 2)
         };
-        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, &expired)?
-            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, &expired)?)
+        sweep_all(&mut self.ebpf, &expired)
     }
 
     /// The loaded object, for tests that run its programs directly.
@@ -519,8 +518,7 @@ impl Dataplane {
         let dead = |_: u8, _: u8, _: u32, binding: u32, generation: u32| {
             live.get(&binding) != Some(&generation)
         };
-        Ok(sweep::<4>(&mut self.ebpf, names::FLOWS_V4, &dead)?
-            + sweep::<16>(&mut self.ebpf, names::FLOWS_V6, &dead)?)
+        sweep_all(&mut self.ebpf, &dead)
     }
 
     /// What is published now.
@@ -923,13 +921,21 @@ impl Dataplane {
     }
 }
 
-fn flows<const N: usize>(ebpf: &Ebpf, name: &str) -> anyhow::Result<Vec<(FlowKey<N>, FlowState<N>)>>
+/// The flows of every table in `names`, TCP's first.
+fn flows<const N: usize>(
+    ebpf: &Ebpf,
+    names: [&str; 2],
+) -> anyhow::Result<Vec<(FlowKey<N>, FlowState<N>)>>
 where
     FlowKey<N>: aya::Pod,
     FlowState<N>: aya::Pod,
 {
-    let map: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map(name), name)?;
-    read_all(&map, name)
+    let mut all = Vec::new();
+    for name in names {
+        let map: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map(name), name)?;
+        all.extend(read_all(&map, name)?);
+    }
+    Ok(all)
 }
 
 /// Every entry of a hash map: in chunks where the kernel can (5.6), one at a time otherwise.
@@ -968,7 +974,23 @@ fn read_each<T: Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
     }
 }
 
-/// Deletes the flows of one family that `expired(proto, flags, seen, binding_id, generation)`
+/// Deletes the flows of every table that `expired` says are over, as [`sweep`]; returns how
+/// many.
+fn sweep_all(
+    ebpf: &mut Ebpf,
+    expired: &dyn Fn(u8, u8, u32, u32, u32) -> bool,
+) -> anyhow::Result<usize> {
+    let mut swept = 0;
+    for name in names::FLOWS_V4 {
+        swept += sweep::<4>(ebpf, name, expired)?;
+    }
+    for name in names::FLOWS_V6 {
+        swept += sweep::<16>(ebpf, name, expired)?;
+    }
+    Ok(swept)
+}
+
+/// Deletes the flows of one table that `expired(proto, flags, seen, binding_id, generation)`
 /// says are over; returns how many.
 fn sweep<const N: usize>(
     ebpf: &mut Ebpf,
@@ -1134,7 +1156,14 @@ pub fn forget_pinned_flows(dir: &Path) -> anyhow::Result<usize> {
         let mut flows: HashMap<_, FlowKey<N>, FlowState<N>> = typed(Some(map), name)?;
         sweep_map(&mut flows, name, &|_, _, _, _, _| true)
     }
-    Ok(forget::<4>(dir, names::FLOWS_V4)? + forget::<16>(dir, names::FLOWS_V6)?)
+    let mut forgotten = 0;
+    for name in names::FLOWS_V4 {
+        forgotten += forget::<4>(dir, name)?;
+    }
+    for name in names::FLOWS_V6 {
+        forgotten += forget::<16>(dir, name)?;
+    }
+    Ok(forgotten)
 }
 
 /// Unpins every map under `dir` and removes it; leaves nothing behind on the bpffs.
