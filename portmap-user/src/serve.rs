@@ -92,6 +92,17 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         }
         None => None,
     };
+    // Before anything is loaded, pinned or attached (the engine's answer may take a while, and
+    // a signal during it just ends the process): a signal from here on waits until the start is
+    // complete and is then served like any other, so a supervisor that stops portmap as soon as
+    // it says it serves still gets the clean-up.
+    let signals = || -> anyhow::Result<_> {
+        Ok((
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        ))
+    };
+    let (mut sigint, mut sigterm) = signals().map_err(Failure::Runtime)?;
     let mut dataplane = Dataplane::load().map_err(Failure::Runtime)?;
     let logger = aya_log::EbpfLogger::init(dataplane.ebpf_mut());
     dataplane
@@ -173,13 +184,6 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         println!("  (none yet: add some with `portmap add`)");
     }
 
-    let signals = || -> anyhow::Result<_> {
-        Ok((
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        ))
-    };
-    let (mut sigint, mut sigterm) = signals().map_err(Failure::Runtime)?;
     let forward_logs = async {
         match logger {
             // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd stays open for as
