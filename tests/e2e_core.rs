@@ -445,3 +445,98 @@ fn docker_rules(hook: Hook) {
         "only the direct SYNs hit the isolation rule:\n{rules}"
     );
 }
+
+/// Starts `portmap run ARGS...` in `ns` through `ip netns exec`, whose fresh sysfs shows the
+/// namespace's own links (a plain `setns` keeps the root's), and returns its stderr once it
+/// served and stopped. Its pins go to a bpffs mounted in that command's private mounts.
+fn stderr_of_run_with_own_sysfs(ns: &Netns, args: &[&str]) -> String {
+    use std::io::{BufRead as _, Read as _};
+    let command = format!(
+        "mount -t bpf bpf /sys/fs/bpf && exec {} run --no-cgroup {}",
+        portmap_tests::process::portmap_bin().display(),
+        args.join(" ")
+    );
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sh", "-c", &command])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning portmap run");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let served = stdout
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("portmap: serving"));
+    // SAFETY: signalling our own child (`exec` made it portmap).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Its final counters go to stdout: read them, or it would write into a closed pipe.
+    stdout.for_each(drop);
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr);
+    let status = child.wait().expect("waiting for portmap");
+    assert!(
+        served && status.success(),
+        "portmap run {args:?}: {status}\n{stderr}"
+    );
+    stderr
+}
+
+// The TCP flow table keeps a share per CPU, and a connection takes its entry from the CPU that
+// receives it: an uplink with fewer receive queues than CPUs (and no RPS, where RPS helps) is
+// told how much of the table its connections can use.
+#[test]
+fn an_uplink_with_fewer_receive_queues_than_cpus_is_warned_about() {
+    require_root();
+    let cpus = aya::util::nr_cpus().expect("the CPU count");
+    assert!(
+        cpus >= 2,
+        "one receive queue is fewer than the CPUs only with two or more"
+    );
+    let ns = Netns::new("queues").unwrap();
+    ns.ip("link add br0 type bridge").unwrap();
+    ns.ip("link add one type veth peer name one-peer").unwrap();
+    ns.ip(&format!(
+        "link add many numrxqueues {cpus} numtxqueues {cpus} type veth peer name many-peer \
+         numrxqueues {cpus} numtxqueues {cpus}"
+    ))
+    .unwrap();
+    for link in ["br0", "one", "one-peer", "many", "many-peer"] {
+        ns.ip(&format!("link set {link} up")).unwrap();
+    }
+    let run = |iface: &str, hook: &str| {
+        stderr_of_run_with_own_sysfs(&ns, &["--iface", iface, "--bridge", "br0", "--hook", hook])
+    };
+    let one_queue = format!("one has 1 receive queue(s) for {cpus} CPUs");
+    let stderr = run("one", "xdp");
+    assert!(stderr.contains(&one_queue), "one queue, XDP: {stderr}");
+    let stderr = run("one", "tc");
+    assert!(
+        stderr.contains(&one_queue),
+        "one queue, TC, no RPS: {stderr}"
+    );
+    let stderr = run("many", "xdp");
+    assert!(
+        !stderr.contains("receive queue"),
+        "a queue per CPU: {stderr}"
+    );
+    // RPS hands packets on after XDP and before TC.
+    ns.exec(
+        "sh",
+        &["-c", "echo 3 > /sys/class/net/one/queues/rx-0/rps_cpus"],
+    )
+    .unwrap();
+    let stderr = run("one", "tc");
+    assert!(
+        !stderr.contains("receive queue"),
+        "one queue, TC, RPS on: {stderr}"
+    );
+    let stderr = run("one", "xdp");
+    assert!(
+        stderr.contains(&one_queue),
+        "one queue, XDP, RPS on: {stderr}"
+    );
+}

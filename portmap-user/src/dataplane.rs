@@ -24,7 +24,7 @@ use aya::{
 };
 use portmap_common::{
     Addr, BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowKeyV4, FlowKeyV6,
-    FlowState, FlowV4, FlowV6, MAX_BINDINGS, Reason, globals, names, programs,
+    FlowState, FlowV4, FlowV6, MAX_BINDINGS, MAX_TCP_FLOWS, Reason, globals, names, programs,
 };
 
 use crate::{
@@ -744,6 +744,7 @@ impl Dataplane {
         }
         self.attached = true;
         self.sync_ports();
+        warn_if_flows_cramped(uplink, hook);
         let mode = match hook {
             UplinkHook::Tc => return self.attach_tc(programs::TC_UPLINK, uplink).map(drop),
             UplinkHook::Xdp(mode) => mode,
@@ -1172,6 +1173,36 @@ pub fn unpin(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Warns when an uplink's connections can reach only part of the TCP flow table: it keeps a
+/// share per CPU, and a connection takes its entry from the CPU that receives it.
+fn warn_if_flows_cramped(uplink: &Interface, hook: UplinkHook) {
+    let (Some(spread), Ok(cpus)) = (netdev::receive_spread(uplink), nr_cpus()) else {
+        return;
+    };
+    let spread_by_rps = spread.rps && hook == UplinkHook::Tc;
+    if spread_by_rps || spread.queues == 0 || spread.queues >= cpus {
+        return;
+    }
+    let share = MAX_TCP_FLOWS as usize / cpus;
+    let remedy = match hook {
+        UplinkHook::Tc => "more queues (`ethtool -L`) or RPS",
+        UplinkHook::Xdp(_) => "more queues (`ethtool -L`), or `--hook tc` with RPS",
+    };
+    log::warn!(
+        "{} has {} receive queue(s) for {cpus} CPUs{}: the TCP flow table keeps {share} \
+         connections per CPU, so this uplink's fit in {} of its {MAX_TCP_FLOWS}; {remedy} \
+         would spread them",
+        uplink.name,
+        spread.queues,
+        if spread.rps {
+            " (RPS comes after XDP)"
+        } else {
+            " and no RPS"
+        },
+        share * spread.queues,
+    );
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it needs CAP_SYS_RESOURCE,

@@ -35,6 +35,47 @@ impl Interface {
     }
 }
 
+/// How the packets arriving on an interface are spread over the CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveSpread {
+    /// Receive queues, each handled by the CPU its interrupt goes to.
+    pub queues: usize,
+    /// Whether RPS hands them on to other CPUs: after XDP, before TC and the stack.
+    pub rps: bool,
+}
+
+/// How `iface` spreads what it receives, from sysfs; `None` where sysfs does not show it
+/// (sysfs shows the network namespace it was mounted in, which may not be the caller's).
+pub fn receive_spread(iface: &Interface) -> Option<ReceiveSpread> {
+    let dir = std::path::Path::new("/sys/class/net").join(&iface.name);
+    let index: u32 = std::fs::read_to_string(dir.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if index != iface.index {
+        return None;
+    }
+    let mut spread = ReceiveSpread {
+        queues: 0,
+        rps: false,
+    };
+    for entry in std::fs::read_dir(dir.join("queues")).ok()? {
+        let entry = entry.ok()?;
+        if !entry.file_name().to_string_lossy().starts_with("rx-") {
+            continue;
+        }
+        spread.queues += 1;
+        // A CPU mask in hex words ("00000000,00000003"): any CPU in it turns RPS on.
+        spread.rps |= std::fs::read_to_string(entry.path().join("rps_cpus")).is_ok_and(|mask| {
+            mask.trim()
+                .chars()
+                .any(|c| c.is_ascii_hexdigit() && c != '0')
+        });
+    }
+    Some(spread)
+}
+
 /// The ports of the bridge with index `master` (the interfaces enslaved to it: containers'
 /// veths), from an rtnetlink dump of this network namespace's links.
 ///
