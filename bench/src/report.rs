@@ -408,7 +408,7 @@ impl Run {
         let _ = writeln!(out, "Machine: {}\n", machine_line());
         let _ = writeln!(
             out,
-            "`cargo xtask bench`: {} rounds of {} s per metric (UDP and the stream get half), everything on CPU 0, fresh namespaces per mode, conntrack and portmap's flow tables flushed before each metric of a round. Modes: the no-NAT floor (the client addresses containers directly), Docker's iptables rules (nft backend, moby's layout, measured port last), one nftables DNAT through a map, and portmap beside Docker's base rules. The chart is `results.svg`.\n",
+            "`cargo xtask bench`: {} rounds of {} s per metric (UDP gets half), everything on CPU 0, fresh namespaces per mode, conntrack and portmap's flow tables flushed before each metric of a round. Modes: the no-NAT floor (the client addresses containers directly), Docker's iptables rules (nft backend, moby's layout, measured port last), one nftables DNAT through a map, and portmap beside Docker's base rules. The chart is `results.svg`.\n",
             self.rounds, self.seconds
         );
         out.push_str("```\n");
