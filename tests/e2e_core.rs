@@ -540,3 +540,57 @@ fn an_uplink_with_fewer_receive_queues_than_cpus_is_warned_about() {
         "one queue, XDP, RPS on: {stderr}"
     );
 }
+
+// `portmap run | head -1`: a reader that goes away takes nothing down, and SIGTERM still stops
+// the run cleanly, pins and all, though its final counters have nowhere to go.
+#[test]
+fn a_run_whose_stdout_reader_went_away_still_stops_cleanly() {
+    use std::io::BufRead as _;
+    require_root();
+    let ns = Netns::new("closed").unwrap();
+    ns.ip("link add br0 type bridge").unwrap();
+    ns.ip("link add up0 type veth peer name up1").unwrap();
+    for link in ["br0", "up0", "up1"] {
+        ns.ip(&format!("link set {link} up")).unwrap();
+    }
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/portmap-test/{}", ns.name()));
+    let mut child = ns
+        .command(portmap_tests::process::portmap_bin())
+        .unwrap()
+        .args([
+            "run",
+            "--no-cgroup",
+            "--iface",
+            "up0",
+            "--bridge",
+            "br0",
+            "--hook",
+            "tc",
+        ])
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning portmap run");
+    {
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let served = stdout
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.starts_with("portmap: serving"));
+        assert!(served, "portmap run did not say it serves");
+    } // The reader goes away here, before the final counters are written.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("waiting for portmap");
+    let pinned = pin_dir.exists();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    assert!(
+        out.status.success(),
+        "a clean exit: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pinned, "its pins are removed");
+}

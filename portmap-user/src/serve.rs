@@ -1,6 +1,15 @@
 //! `portmap run` once its arguments are resolved: take the instance lock, load and publish,
 //! pin the maps, attach, then serve control requests until a signal, and clean up.
 
+/// `println!` that does not panic: a reader that went away (`portmap run | head -1`) is no
+/// reason to stop serving, nor to skip the clean-up on the way out.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::{
     fmt::Write as _,
     fs::{self, File},
@@ -149,7 +158,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
     }
 
     if let Some(follower) = &follower {
-        println!(
+        say!(
             "portmap: following the Docker engine at {}: {} running container(s) publish ports",
             follower.host(),
             follower.containers()
@@ -159,7 +168,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         .published_with_owner()
         .map(|(p, owner)| (p.binding.clone(), owner.map(str::to_owned)))
         .collect();
-    println!(
+    say!(
         "portmap: serving {} binding(s) on {} ({}), replies from {}; control at {}",
         published.len(),
         config.uplink.name,
@@ -168,20 +177,20 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         paths.socket.display()
     );
     match cgroup {
-        Some(dir) => println!(
+        Some(dir) => say!(
             "  host-local connections translated for cgroup {}",
             dir.display()
         ),
-        None => println!("  host-local connections not translated"),
+        None => say!("  host-local connections not translated"),
     }
     for (binding, owner) in &published {
         match owner {
-            Some(owner) => println!("  {binding}  ({owner})"),
-            None => println!("  {binding}"),
+            Some(owner) => say!("  {binding}  ({owner})"),
+            None => say!("  {binding}"),
         }
     }
     if published.is_empty() {
-        println!("  (none yet: add some with `portmap add`)");
+        say!("  (none yet: add some with `portmap add`)");
     }
 
     let forward_logs = async {
@@ -253,7 +262,7 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
         Duration::ZERO
     };
     detach_uplink_first(&mut instance, handover).await;
-    println!("{}", final_report(&instance));
+    say!("{}", final_report(&instance));
     Ok(())
 }
 
