@@ -402,6 +402,51 @@ fn live_ls_and_stats_report_each_binding() {
     );
 }
 
+// `portmap stats --watch | head -1`: once its reader is gone, the watch ends, quietly and with
+// success, instead of panicking on the closed pipe or writing into it forever.
+#[test]
+fn live_stats_watch_ends_when_its_reader_goes_away() {
+    use std::io::BufRead as _;
+    let (net, instance, _servers) = setup(&["8080:80=172.17.0.2"]);
+    let pin_dir = instance.pin_dir.to_string_lossy().into_owned();
+    let mut watch = net
+        .host
+        .command(portmap_tests::process::portmap_bin())
+        .unwrap()
+        .args([
+            "stats",
+            "--watch",
+            "--interval",
+            "0.1",
+            "--pin-dir",
+            &pin_dir,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut first = String::new();
+        std::io::BufReader::new(watch.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains("BINDING"), "{first}");
+    } // The reader goes away here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("stats --watch still runs 5 s after its reader went away");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = watch.wait_with_output().unwrap();
+    assert!(status.success(), "{status}: {}", stderr(&out));
+}
+
 // A binding on a second bridge (a Docker user network): the bridge gets the reply program when
 // its first binding arrives, and its container answers with the client's own address seen.
 #[test]

@@ -758,7 +758,7 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
         };
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::Runtime(anyhow!(e).context("formatting the JSON report")))?;
-        println!("{json}");
+        say!("{json}");
         return match report.errors.len() {
             0 => Ok(()),
             n => Err(Failure::BadInput(invalid_entries(n))),
@@ -775,9 +775,9 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
     }
     for endpoint in &endpoints {
         match endpoint.unserved() {
-            Some(limitation) => println!("{endpoint}  ({limitation})"),
-            None => println!("{endpoint}"),
-        }
+            Some(limitation) => say!("{endpoint}  ({limitation})"),
+            None => say!("{endpoint}"),
+        };
     }
     Ok(())
 }

@@ -98,7 +98,7 @@ pub fn add(
         },
     )?;
     for binding in &response.bindings {
-        println!("added {}", line(binding));
+        say!("added {}", line(binding));
     }
     Ok(())
 }
@@ -112,7 +112,7 @@ pub fn rm(args: &InstanceArgs, selectors: &[String]) -> Result<(), Failure> {
         },
     )?;
     for binding in &response.bindings {
-        println!("removed {}", line(binding));
+        say!("removed {}", line(binding));
     }
     Ok(())
 }
@@ -132,9 +132,9 @@ pub fn ls(args: &InstanceArgs, json: bool) -> Result<(), Failure> {
     }
     for binding in &response.bindings {
         match &binding.owner {
-            Some(owner) => println!("{}  ({owner}: {})", line(binding), binding.source),
-            None => println!("{}  ({})", line(binding), binding.source),
-        }
+            Some(owner) => say!("{}  ({owner}: {})", line(binding), binding.source),
+            None => say!("{}  ({})", line(binding), binding.source),
+        };
     }
     Ok(())
 }
@@ -152,7 +152,7 @@ pub fn stats(args: &InstanceArgs, json: bool, watch: Option<Watch>) -> Result<()
         if json {
             print_json(&response)?;
         } else {
-            print!("{}", stats_table(&response));
+            crate::write_out(format_args!("{}", stats_table(&response)));
         }
         return Ok(());
     };
@@ -161,12 +161,16 @@ pub fn stats(args: &InstanceArgs, json: bool, watch: Option<Watch>) -> Result<()
     let mut shown = 0;
     loop {
         let response = call(args, &Request::Stats)?;
-        if json {
-            print_json(&response)?;
+        let read = if json {
+            print_json(&response)?
         } else if in_place {
-            print!("\x1b[H\x1b[2J{}", stats_table(&response));
+            crate::write_out(format_args!("\x1b[H\x1b[2J{}", stats_table(&response)))
         } else {
-            println!("{}", stats_table(&response));
+            say!("{}", stats_table(&response))
+        };
+        // A reader that went away (`| head`) has seen what it wanted.
+        if !read {
+            return Ok(());
         }
         shown += 1;
         if watch.count.is_some_and(|count| shown >= count) {
@@ -176,10 +180,10 @@ pub fn stats(args: &InstanceArgs, json: bool, watch: Option<Watch>) -> Result<()
     }
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+/// Prints `value` as one line of JSON; `false` once the reader is gone.
+fn print_json(value: &impl serde::Serialize) -> Result<bool, Failure> {
     let text = serde_json::to_string(value).map_err(|e| Failure::Runtime(e.into()))?;
-    println!("{text}");
-    Ok(())
+    Ok(say!("{text}"))
 }
 
 /// One line per binding with its counters, the live flows, then every outcome counter that is

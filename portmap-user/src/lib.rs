@@ -13,6 +13,22 @@
 //! - [`conntrack`]: handing connections back to conntrack when portmap stops;
 //! - [`cli`]: the `portmap` command.
 
+/// Writes to stdout and says whether the reader is still there. A reader that went away
+/// (`portmap stats | head -1`) has had what it wanted: not a reason to panic, as `print!`
+/// would, nor to stop serving.
+pub fn write_out(text: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(text).and_then(|()| out.flush()).is_ok()
+}
+
+/// `println!` through [`write_out`]: `false` once the reader is gone.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod batch;
 pub mod cgroup;
 pub mod cli;

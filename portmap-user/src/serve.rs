@@ -1,15 +1,6 @@
 //! `portmap run` once its arguments are resolved: take the instance lock, load and publish,
 //! pin the maps, attach, then serve control requests until a signal, and clean up.
 
-/// `println!` that does not panic: a reader that went away (`portmap run | head -1`) is no
-/// reason to stop serving, nor to skip the clean-up on the way out.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 use std::{
     fmt::Write as _,
     fs::{self, File},
@@ -182,12 +173,12 @@ async fn serve(config: &RunConfig, paths: &InstancePaths) -> Result<(), Failure>
             dir.display()
         ),
         None => say!("  host-local connections not translated"),
-    }
+    };
     for (binding, owner) in &published {
         match owner {
             Some(owner) => say!("  {binding}  ({owner})"),
             None => say!("  {binding}"),
-        }
+        };
     }
     if published.is_empty() {
         say!("  (none yet: add some with `portmap add`)");
