@@ -68,7 +68,9 @@ pub fn record<const N: usize, F: Family<N>>(
     if closing {
         flow.flags |= FLOW_CLOSING;
     }
-    // Each table at its own call site, so that the verifier can call its map's code directly.
+    // Each table at its own call site, so that the verifier can call its map's code directly
+    // (`bpftool prog dump xlated`: it does in the uplink programs; in tc_reply's hairpin path
+    // LLVM merges the two into one call, which the kernel then makes through the map's ops).
     if key.proto == proto::TCP {
         F::tcp_flows().insert(key, flow, 0)
     } else {

@@ -922,17 +922,17 @@ impl Dataplane {
     }
 }
 
-/// The flows of every table in `names`, TCP's first.
+/// The flows of every table in `tables`, in that order.
 fn flows<const N: usize>(
     ebpf: &Ebpf,
-    names: [&str; 2],
+    tables: [&str; 2],
 ) -> anyhow::Result<Vec<(FlowKey<N>, FlowState<N>)>>
 where
     FlowKey<N>: aya::Pod,
     FlowState<N>: aya::Pod,
 {
     let mut all = Vec::new();
-    for name in names {
+    for name in tables {
         let map: HashMap<_, FlowKey<N>, FlowState<N>> = typed(ebpf.map(name), name)?;
         all.extend(read_all(&map, name)?);
     }
