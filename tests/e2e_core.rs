@@ -446,6 +446,35 @@ fn docker_rules(hook: Hook) {
     );
 }
 
+/// A run's files outside its pins: its lock and control socket in /run/portmap, named after
+/// its pin directory, and the pin directory itself where this process sees it. Removed on drop,
+/// pass or fail, as the `Portmap` helper does for the runs it starts.
+struct RunFiles(portmap_user::control::InstancePaths);
+
+impl RunFiles {
+    /// A pin directory of `ns`'s own, so that two test runs never share a lock.
+    fn of(ns: &Netns) -> Self {
+        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/portmap-test/{}", ns.name()));
+        Self(portmap_user::control::InstancePaths::new(&pin_dir))
+    }
+
+    fn pin_dir(&self) -> String {
+        self.0.pin_dir.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0.pin_dir);
+        // The shared parent goes when the last test leaves it empty.
+        if let Some(parent) = self.0.pin_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        let _ = std::fs::remove_file(&self.0.lock);
+        let _ = std::fs::remove_file(&self.0.socket);
+    }
+}
+
 /// Starts `portmap run ARGS...` in `ns` through `ip netns exec`, whose fresh sysfs shows the
 /// namespace's own links (a plain `setns` keeps the root's), and returns its stderr once it
 /// served and stopped. Its pins go to a bpffs mounted in that command's private mounts.
@@ -507,8 +536,22 @@ fn an_uplink_with_fewer_receive_queues_than_cpus_is_warned_about() {
     for link in ["br0", "one", "one-peer", "many", "many-peer"] {
         ns.ip(&format!("link set {link} up")).unwrap();
     }
+    let files = RunFiles::of(&ns);
+    let pin_dir = files.pin_dir();
     let run = |iface: &str, hook: &str| {
-        stderr_of_run_with_own_sysfs(&ns, &["--iface", iface, "--bridge", "br0", "--hook", hook])
+        stderr_of_run_with_own_sysfs(
+            &ns,
+            &[
+                "--iface",
+                iface,
+                "--bridge",
+                "br0",
+                "--hook",
+                hook,
+                "--pin-dir",
+                &pin_dir,
+            ],
+        )
     };
     let one_queue = format!("one has 1 receive queue(s) for {cpus} CPUs");
     let stderr = run("one", "xdp");
@@ -553,7 +596,8 @@ fn a_run_whose_stdout_reader_went_away_still_stops_cleanly() {
     for link in ["br0", "up0", "up1"] {
         ns.ip(&format!("link set {link} up")).unwrap();
     }
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/portmap-test/{}", ns.name()));
+    let files = RunFiles::of(&ns);
+    let pin_dir = files.0.pin_dir.clone();
     let mut child = ns
         .command(portmap_tests::process::portmap_bin())
         .unwrap()
@@ -585,7 +629,6 @@ fn a_run_whose_stdout_reader_went_away_still_stops_cleanly() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().expect("waiting for portmap");
     let pinned = pin_dir.exists();
-    let _ = std::fs::remove_dir_all(&pin_dir);
     assert!(
         out.status.success(),
         "a clean exit: {}\n{}",
