@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn measure(mode: Mode, n: usize, seconds: Duration, rounds: usize) -> anyhow::Result<Cell> {
-    let deployed = modes::deploy(mode, n)?;
+    let deployed = modes::deploy(mode, n, rounds)?;
     let net = &deployed.net;
     let sources = &net.client_addrs[1..];
     let udp_ns = &net.containers[1].ns;
@@ -167,7 +167,7 @@ fn measure(mode: Mode, n: usize, seconds: Duration, rounds: usize) -> anyhow::Re
         n,
         samples,
         failed_connections: failed,
-        install: deployed.install,
+        installs: deployed.installs,
         cold_start: deployed.cold_start,
         add_remove: deployed.add_remove,
         memory,
@@ -183,7 +183,7 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// Waits (up to 5 s) until the machine is idle: nine tenths of its CPU time idle over 100 ms.
-fn wait_until_idle() {
+pub(crate) fn wait_until_idle() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut before = cpu_times();
     while std::time::Instant::now() < deadline {

@@ -149,8 +149,9 @@ pub struct Deployed {
     pub udp: SocketAddrV4,
     pub stream: SocketAddrV4,
     /// From issuing the install until the measured binding answers (portmap: N bindings added
-    /// to a running instance, as `nft -f` loads into a running kernel).
-    pub install: Option<Duration>,
+    /// to a running instance, as `nft -f` loads into a running kernel), once per install: each
+    /// from nothing installed, the same way.
+    pub installs: Vec<Duration>,
     /// portmap only: from starting the process until it serves (nothing published yet).
     pub cold_start: Option<Duration>,
     /// Adding, then removing, one binding while N are loaded.
@@ -159,8 +160,9 @@ pub struct Deployed {
     pub servers: Vec<Servers>,
 }
 
-/// Builds the topology and installs `mode` with `n` published ports.
-pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
+/// Builds the topology and installs `mode` with `n` published ports, `installs` times over
+/// (the CNI plugin once: a thousand of its mappings take half a minute).
+pub fn deploy(mode: Mode, n: usize, installs: usize) -> anyhow::Result<Deployed> {
     let net = DockerHost::build(&portmap_tests::topology::Options {
         containers: &["c1", "c2"],
         extra_client_addrs: 64,
@@ -195,7 +197,7 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
         rr: published(RR_HOST_PORT),
         udp: published(UDP_PORT),
         stream: published(STREAM_PORT),
-        install: None,
+        installs: Vec::new(),
         cold_start: None,
         add_remove: None,
         portmap: None,
@@ -222,9 +224,26 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
         }
         Mode::Iptables => {
             let file = tmp_file(&deployed.net.host, "iptables", &iptables_restore(&ports))?;
-            let began = Instant::now();
-            deployed.net.host.exec("iptables-restore", &[&file])?;
-            deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
+            for round in 0..installs {
+                if round > 0 {
+                    deployed.net.host.exec("iptables", &["-t", "nat", "-F"])?;
+                    deployed.net.host.exec("iptables", &["-t", "nat", "-X"])?;
+                    deployed
+                        .net
+                        .host
+                        .exec("iptables", &["-t", "filter", "-F"])?;
+                    deployed
+                        .net
+                        .host
+                        .exec("iptables", &["-t", "filter", "-X"])?;
+                    crate::wait_until_idle();
+                }
+                let began = Instant::now();
+                deployed.net.host.exec("iptables-restore", &[&file])?;
+                deployed
+                    .installs
+                    .push(began.elapsed() + until_answers(&deployed)?);
+            }
             let spare = spare(c1);
             deployed.add_remove = Some(add_remove(
                 || iptables_port(&deployed.net.host, "-I", &spare),
@@ -234,9 +253,20 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
         }
         Mode::NftMap => {
             let file = tmp_file(&deployed.net.host, "nft", &nft_ruleset(&ports))?;
-            let began = Instant::now();
-            deployed.net.host.exec("nft", &["-f", &file])?;
-            deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
+            for round in 0..installs {
+                if round > 0 {
+                    deployed
+                        .net
+                        .host
+                        .exec("nft", &["delete", "table", "ip", "pmbench"])?;
+                    crate::wait_until_idle();
+                }
+                let began = Instant::now();
+                deployed.net.host.exec("nft", &["-f", &file])?;
+                deployed
+                    .installs
+                    .push(began.elapsed() + until_answers(&deployed)?);
+            }
             let spare = spare(c1);
             let element = format!(
                 "{{ tcp . {} : {} . {} }}",
@@ -270,28 +300,44 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
             } else {
                 "tc"
             };
-            let began = Instant::now();
-            let portmap = Portmap::start(
-                &deployed.net.host,
-                &["--iface", UPLINK, "--bridge", BRIDGE, "--hook", hook],
-            )?;
-            deployed.cold_start = Some(began.elapsed());
-            let paths = InstancePaths::new(&portmap.pin_dir);
-            deployed.portmap = Some(portmap);
-            let specs = ports.iter().map(|p| p.spec()).collect();
-            let began = Instant::now();
-            control(
-                &paths,
-                Request::Add {
-                    specs,
-                    containers: Vec::new(),
-                    replace: false,
-                    bridge: None,
-                    owner: None,
-                    hold_ports: true,
-                },
-            )?;
-            deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
+            let args = ["--iface", UPLINK, "--bridge", BRIDGE, "--hook", hook];
+            for round in 0..installs {
+                if round > 0 {
+                    // A fresh instance each time: stopped (its ports freed, its programs
+                    // detached) and started again, outside the time.
+                    drop(deployed.portmap.take());
+                    crate::wait_until_idle();
+                }
+                let began = Instant::now();
+                let portmap = Portmap::start(&deployed.net.host, &args)?;
+                deployed.cold_start.get_or_insert(began.elapsed());
+                let paths = InstancePaths::new(&portmap.pin_dir);
+                deployed.portmap = Some(portmap);
+                crate::wait_until_idle();
+                let specs = ports.iter().map(|p| p.spec()).collect();
+                let began = Instant::now();
+                control(
+                    &paths,
+                    Request::Add {
+                        specs,
+                        containers: Vec::new(),
+                        replace: false,
+                        bridge: None,
+                        owner: None,
+                        hold_ports: true,
+                    },
+                )?;
+                deployed
+                    .installs
+                    .push(began.elapsed() + until_answers(&deployed)?);
+            }
+            let paths = InstancePaths::new(
+                &deployed
+                    .portmap
+                    .as_ref()
+                    .context("a portmap instance")?
+                    .pin_dir,
+            );
             let spare = spare(c1);
             deployed.add_remove = Some(add_remove(
                 || {
@@ -322,7 +368,9 @@ pub fn deploy(mode: Mode, n: usize) -> anyhow::Result<Deployed> {
             let mapped = |p: &Port| (p.proto, p.host, p.container);
             let began = Instant::now();
             crate::cni::publish(&deployed.net, ports.iter().map(mapped))?;
-            deployed.install = Some(began.elapsed() + until_answers(&deployed)?);
+            deployed
+                .installs
+                .push(began.elapsed() + until_answers(&deployed)?);
             let spare = mapped(&spare(c1));
             deployed.add_remove = Some(add_remove(
                 || crate::cni::add_spare(&deployed.net, spare),

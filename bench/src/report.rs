@@ -25,7 +25,8 @@ pub struct Cell {
     pub n: usize,
     pub samples: Vec<Sample>,
     pub failed_connections: u64,
-    pub install: Option<Duration>,
+    /// Each install's time, in the order measured.
+    pub installs: Vec<Duration>,
     pub cold_start: Option<Duration>,
     pub add_remove: Option<(Duration, Duration)>,
     pub memory: Option<Memory>,
@@ -103,10 +104,23 @@ impl Cell {
                 metric.unit
             );
         }
-        if let Some(install) = self.install {
+        if let Some(install) = self.install() {
             let _ = write!(out, "install {}", fmt_duration(install));
         }
         out
+    }
+
+    /// The median install time.
+    pub fn install(&self) -> Option<Duration> {
+        let (_, median, _) = self.install_spread()?;
+        Some(median)
+    }
+
+    /// The fastest, median and slowest install.
+    fn install_spread(&self) -> Option<(Duration, Duration, Duration)> {
+        let mut sorted = self.installs.clone();
+        sorted.sort_unstable();
+        Some((*sorted.first()?, sorted[sorted.len() / 2], *sorted.last()?))
     }
 }
 
@@ -215,24 +229,38 @@ impl Run {
         }
         let _ = writeln!(
             out,
-            "\ninstall N bindings until traffic flows; add one, remove one (medians of 5, once the install settled)"
+            "\ninstall N bindings until traffic flows (ms), each time from nothing installed: median [min–max] of {} installs (the CNI plugin: one)",
+            self.rounds
         );
         header(&mut out);
         for n in self.ns() {
             let _ = write!(out, "{n:>6}");
             for mode in &modes {
-                let text =
-                    self.cell(*mode, n)
-                        .map_or("–".into(), |c| match (c.install, c.add_remove) {
-                            (Some(i), Some((a, r))) => format!(
-                                "{}; {}; {}",
-                                fmt_duration(i),
-                                fmt_duration(a),
-                                fmt_duration(r)
-                            ),
-                            (Some(i), None) => fmt_duration(i),
-                            _ => "–".into(),
-                        });
+                let text = self.cell(*mode, n).and_then(Cell::install_spread).map_or(
+                    "–".into(),
+                    |(min, median, max)| {
+                        let ms = |d: Duration| fmt_num(d.as_secs_f64() * 1e3);
+                        format!("{} [{}–{}]", ms(median), ms(min), ms(max))
+                    },
+                );
+                let _ = write!(out, " | {text:>22}");
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "\nadd one binding; remove it (medians of 5, once the install settled)"
+        );
+        header(&mut out);
+        for n in self.ns() {
+            let _ = write!(out, "{n:>6}");
+            for mode in &modes {
+                let text = self
+                    .cell(*mode, n)
+                    .and_then(|c| c.add_remove)
+                    .map_or("–".into(), |(add, remove)| {
+                        format!("{}; {}", fmt_duration(add), fmt_duration(remove))
+                    });
                 let _ = write!(out, " | {text:>22}");
             }
             out.push('\n');
@@ -361,13 +389,13 @@ impl Run {
                 },
             );
             if let (Some(pm), Some(nft)) = (
-                self.cell(mode, last).and_then(|c| c.install),
-                self.cell(Mode::NftMap, last).and_then(|c| c.install),
+                self.cell(mode, last).and_then(Cell::install),
+                self.cell(Mode::NftMap, last).and_then(Cell::install),
             ) {
                 check(
                     pm < Duration::from_millis(20) && pm < nft,
                     format!(
-                        "N={last} installed and serving in {} (< 20 ms; the nftables map: {})",
+                        "N={last} installed and serving in {} (median; < 20 ms; the nftables map: {})",
                         fmt_duration(pm),
                         fmt_duration(nft)
                     ),
@@ -479,7 +507,7 @@ pub fn chart(run: &Run, path: &Path) -> anyhow::Result<()> {
                     .filter_map(|&n| {
                         let cell = run.cell(mode, n)?;
                         let y = if is_install {
-                            cell.install?.as_secs_f64() * 1e3
+                            cell.install()?.as_secs_f64() * 1e3
                         } else {
                             cell.spread(metric).median
                         };
