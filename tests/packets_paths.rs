@@ -14,7 +14,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portmap_common::{Addr, FLOW_HAIRPIN, FlowKey, FlowState, Reason, XDP_META_MAGIC, programs};
+use portmap_common::{
+    Addr, FLOW_HAIRPIN, FlowKey, FlowState, MAX_LOCAL_ADDRS, Reason, XDP_META_MAGIC, programs,
+};
 use portmap_tests::{
     packet::{self, Icmp4Error, Icmp6Error, Quote, TCP, UDP, V4, V6},
     process::require_root,
@@ -1054,6 +1056,34 @@ fn s10_xdp_v6_tcp_wildcard_matches_every_local_addr_only() {
     wildcard_case(&NET6);
 }
 
+/// A wildcard binding's key has the unspecified address (`0.0.0.0`, `::`), but a packet sent to
+/// that address is not the host's and is not translated.
+fn wildcard_unspecified_case(n: &Net) {
+    let mut dp = dataplane(&[format!("8080:80={}", n.c1)]);
+    let unspecified = match n.host {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let frame = Pkt::tcp_syn(n.client, at(unspecified, 8080)).frame();
+    assert_untouched(
+        &xdp(&mut dp, &frame),
+        &frame,
+        XDP_PASS,
+        "to the unspecified address",
+    );
+    assert_reasons(&dp, &[(Reason::UplinkPassNoBinding, 1)]);
+}
+
+#[test]
+fn s10_xdp_v4_tcp_wildcard_does_not_match_the_unspecified_addr() {
+    wildcard_unspecified_case(&NET4);
+}
+
+#[test]
+fn s10_xdp_v6_tcp_wildcard_does_not_match_the_unspecified_addr() {
+    wildcard_unspecified_case(&NET6);
+}
+
 /// A wildcard binding follows the local addresses: an address added is matched at once, and
 /// once removed is not.
 fn wildcard_follows_local_addrs_case(n: &Net) {
@@ -1087,6 +1117,32 @@ fn wildcard_follows_local_addrs_case(n: &Net) {
             (Reason::UplinkPassNoBinding, 2),
         ],
     );
+}
+
+/// More local addresses than the map holds are refused, naming the map, and the addresses
+/// before stay in force, none of the new ones half-written.
+#[test]
+fn s10_xdp_v6_more_local_addrs_than_the_map_holds_change_nothing() {
+    let n = &NET6;
+    let mut dp = dataplane(&[format!("8080:80={}", n.c1)]);
+    let many: Vec<IpAddr> = (0..=MAX_LOCAL_ADDRS)
+        .map(|i| {
+            let i = u16::try_from(i).expect("fits");
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xfff, 0, 0, 0, 1, i))
+        })
+        .collect();
+    let error = dp.set_local_addrs(&many).expect_err("one address too many");
+    assert!(
+        format!("{error:#}").contains("LOCAL_ADDRS_V6"),
+        "the error names the map: {error:#}"
+    );
+    let syn = Pkt::tcp_syn(n.client, at(n.host, 8080));
+    let ran = xdp(&mut dp, &syn.frame());
+    assert_rewritten(&ran.frame, &syn.with_dst(at(n.c1, 80)), "still local");
+    for dst in many {
+        let frame = Pkt::tcp_syn(n.client, at(dst, 8080)).frame();
+        assert_untouched(&xdp(&mut dp, &frame), &frame, XDP_PASS, &format!("{dst}"));
+    }
 }
 
 #[test]

@@ -25,6 +25,18 @@ impl<const N: usize> Addr<N> {
         // multiple of 4); any bit pattern is a valid u32.
         unsafe { *self.0.as_ptr().add(4 * i).cast::<u32>() }
     }
+
+    /// Whether this is `0.0.0.0` or `::`: the address of a wildcard binding's key.
+    #[inline(always)]
+    pub const fn is_unspecified(&self) -> bool {
+        let mut set = 0;
+        let mut i = 0;
+        while i < N / 4 {
+            set |= self.word(i);
+            i += 1;
+        }
+        set == 0
+    }
 }
 
 impl<const N: usize> PartialEq for Addr<N> {
@@ -75,6 +87,17 @@ mod tests {
             let mut b = a;
             b.0[i] ^= 0x80;
             assert_ne!(a, b, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn unspecified_only_when_every_byte_is_zero() {
+        assert!(Addr([0u8; 4]).is_unspecified());
+        assert!(Addr([0u8; 16]).is_unspecified());
+        for i in 0..16 {
+            let mut a = Addr([0u8; 16]);
+            a.0[i] = 1;
+            assert!(!a.is_unspecified(), "byte {i}");
         }
     }
 }

@@ -14,6 +14,11 @@ pub mod names {
     pub const BINDINGS_V4: &str = "BINDINGS_V4";
     /// `HashMap<BindingKeyV6, BindingV6>`: published ports on IPv6 addresses.
     pub const BINDINGS_V6: &str = "BINDINGS_V6";
+    /// `HashMap<Addr<4>, u8>`: the host's own IPv4 addresses, the only ones a wildcard binding
+    /// matches.
+    pub const LOCAL_ADDRS_V4: &str = "LOCAL_ADDRS_V4";
+    /// `HashMap<Addr<16>, u8>`: the same for IPv6.
+    pub const LOCAL_ADDRS_V6: &str = "LOCAL_ADDRS_V6";
     /// `LruHashMap<FlowKeyV4, FlowV4>`: translated TCP flows, keyed as the container's replies
     /// look.
     pub const TCP_FLOWS_V4: &str = "TCP_FLOWS_V4";
@@ -70,7 +75,7 @@ pub mod names {
     pub const RECENT_V6: &str = "RECENT_V6";
 
     /// Every map the loader expects to find.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         RECENT_V4,
         RECENT_V6,
         SOCK_REVNAT_V4,
@@ -78,6 +83,8 @@ pub mod names {
         BRIDGES,
         BINDINGS_V4,
         BINDINGS_V6,
+        LOCAL_ADDRS_V4,
+        LOCAL_ADDRS_V6,
         TCP_FLOWS_V4,
         TCP_FLOWS_V6,
         UDP_FLOWS_V4,
@@ -151,12 +158,13 @@ pub mod programs {
     ];
 }
 
-/// Published ports the kernel can count, each with its own per-CPU counter slot. Docker hosts
-/// with tens of thousands of published ports exist.
+/// Published ports the kernel can count, each with its own per-CPU counter slot, and each one
+/// key in its family's binding map. Docker hosts with tens of thousands of published ports exist.
 pub const MAX_BINDINGS: u32 = 65_536;
 
-/// Keys in a binding map: a wildcard binding takes one per local address.
-pub const MAX_BINDING_KEYS: u32 = 262_144;
+/// Addresses of the host a wildcard binding matches, per family: hosts that serve many
+/// addresses have hundreds.
+pub const MAX_LOCAL_ADDRS: u32 = 4_096;
 
 /// TCP connections remembered for the reverse path, per family. An LRU as large as Cilium's
 /// and Katran's default connection tables, split evenly between the CPUs as Katran's is: a
@@ -205,10 +213,10 @@ pub const V6: usize = 16;
 
 /// Where a client sends: the key of a binding map. `N` is the address length.
 ///
-/// Always a specific address: the loader publishes a wildcard binding (`0.0.0.0`/`::`,
-/// Docker's empty `HostIp`) as one key per local address, so the kernel does one exact lookup
-/// per packet and a wildcard matches only the host's own addresses, as Docker's
-/// `--dst-type LOCAL` does.
+/// A wildcard binding (`0.0.0.0`/`::`, Docker's empty `HostIp`) has the all-zero address: it
+/// serves a destination no specific key holds, if that destination is one of the host's own
+/// addresses ([`names::LOCAL_ADDRS_V4`]), as Docker's `--dst-type LOCAL` does. So publishing a
+/// binding writes one key, and an address coming or going writes one.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BindingKey<const N: usize> {
@@ -480,11 +488,6 @@ const _: () = assert!(size_of::<SockOrigV4>() == 8);
 const _: () = assert!(size_of::<SockOrigV6>() == 20);
 
 impl<const N: usize> BindingKey<N> {
-    /// Whichever of two keys has the lower address.
-    pub fn min_by_addr(self, other: Self) -> Self {
-        if other.addr < self.addr { other } else { self }
-    }
-
     pub const fn new(addr: [u8; N], port: u16, proto: u8) -> Self {
         Self {
             addr: Addr(addr),

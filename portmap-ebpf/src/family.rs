@@ -12,8 +12,8 @@ use portmap_common::{
 
 use crate::{
     maps::{
-        BINDINGS_V4, BINDINGS_V6, FRAGS_V4, FRAGS_V6, RECENT_V4, RECENT_V6, TCP_FLOWS_V4,
-        TCP_FLOWS_V6, UDP_FLOWS_V4, UDP_FLOWS_V6,
+        BINDINGS_V4, BINDINGS_V6, FRAGS_V4, FRAGS_V6, LOCAL_ADDRS_V4, LOCAL_ADDRS_V6, RECENT_V4,
+        RECENT_V6, TCP_FLOWS_V4, TCP_FLOWS_V6, UDP_FLOWS_V4, UDP_FLOWS_V6,
     },
     parse::{Addr, Ipv4Hdr, Ipv6Hdr, WireAddr},
 };
@@ -25,6 +25,8 @@ pub trait Family<const N: usize> {
     const ICMP: u8;
 
     fn bindings() -> &'static HashMap<BindingKey<N>, BindingTarget<N>>;
+    /// The host's own addresses, which wildcard bindings match.
+    fn local_addrs() -> &'static HashMap<portmap_common::Addr<N>, u8>;
     /// The TCP connections' flow table.
     fn tcp_flows() -> &'static LruHashMap<FlowKey<N>, FlowState<N>>;
     /// The UDP flows' table.
@@ -94,6 +96,9 @@ impl Family<4> for V4 {
     fn bindings() -> &'static HashMap<BindingKey<4>, BindingTarget<4>> {
         &BINDINGS_V4
     }
+    fn local_addrs() -> &'static HashMap<portmap_common::Addr<4>, u8> {
+        &LOCAL_ADDRS_V4
+    }
     fn tcp_flows() -> &'static LruHashMap<FlowKey<4>, FlowState<4>> {
         &TCP_FLOWS_V4
     }
@@ -162,6 +167,9 @@ impl Family<16> for V6 {
 
     fn bindings() -> &'static HashMap<BindingKey<16>, BindingTarget<16>> {
         &BINDINGS_V6
+    }
+    fn local_addrs() -> &'static HashMap<portmap_common::Addr<16>, u8> {
+        &LOCAL_ADDRS_V6
     }
     fn tcp_flows() -> &'static LruHashMap<FlowKey<16>, FlowState<16>> {
         &TCP_FLOWS_V6

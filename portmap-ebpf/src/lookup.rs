@@ -1,13 +1,16 @@
 //! Map lookups, and nothing else: which binding a destination hits, which flow a reply belongs
 //! to, and how a fragmented datagram's first piece was translated.
 
-use portmap_common::{BindingKey, BindingTarget, FlowKey, FlowState, FragKey, FragTarget, proto};
+use portmap_common::{
+    Addr, BindingKey, BindingTarget, FlowKey, FlowState, FragKey, FragTarget, proto,
+};
 
 use crate::{family::Family, maps::BINDING_GEN};
 
-/// The binding for a destination. One exact lookup serves every binding: the loader publishes a
-/// wildcard binding as one key per local address, which is also what makes it match only the
-/// host's own addresses, as Docker's `--dst-type LOCAL` does.
+/// The binding for a destination: the specific binding on its address if there is one, else
+/// the wildcard binding on its port, if the address is the host's own (Docker's
+/// `--dst-type LOCAL`). A destination that is itself `0.0.0.0`/`::` matches nothing, though
+/// the wildcard's key has that address.
 ///
 /// A reference into the map rather than a copy, so that the caller reads each field where it
 /// needs it instead of holding them all across helper calls (on the stack, which is small).
@@ -15,9 +18,23 @@ use crate::{family::Family, maps::BINDING_GEN};
 pub fn binding<const N: usize, F: Family<N>>(
     key: &BindingKey<N>,
 ) -> Option<&'static BindingTarget<N>> {
-    // SAFETY: the map is not preallocated: an update or delete replaces the entry and frees
-    // the old one only after an RCU grace period, so it stays whole while this program runs.
-    unsafe { F::bindings().get(key) }
+    if key.addr.is_unspecified() {
+        return None;
+    }
+    // SAFETY (each lookup): the maps are not preallocated: an update or delete replaces the
+    // entry and frees the old one only after an RCU grace period, so it stays whole while this
+    // program runs.
+    if let Some(specific) = unsafe { F::bindings().get(key) } {
+        return Some(specific);
+    }
+    let wildcard = BindingKey {
+        addr: Addr::default(),
+        ..*key
+    };
+    // The wildcard first: most destinations without a specific binding have none at all, and
+    // this way they cost one lookup less.
+    let binding = unsafe { F::bindings().get(wildcard) }?;
+    unsafe { F::local_addrs().get(key.addr) }.map(|_| binding)
 }
 
 /// The flow a container's reply belongs to, if its binding is still the one that recorded it:

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use portmap_common::{
-    BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey, FragTarget,
-    MAX_BINDING_KEYS, MAX_BINDINGS, MAX_BRIDGES, MAX_FRAGS, MAX_SOCKS, MAX_TCP_FLOWS,
+    Addr, BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowState, FragKey,
+    FragTarget, MAX_BINDINGS, MAX_BRIDGES, MAX_FRAGS, MAX_LOCAL_ADDRS, MAX_SOCKS, MAX_TCP_FLOWS,
     MAX_UDP_FLOWS, RECENT_SLOTS, Recent, SockKey, SockOrig, V4, V6, reason::REASON_COUNT,
 };
 
@@ -16,10 +16,18 @@ use portmap_common::{
 /// freed after an RCU grace period instead of being reused under the reader.
 #[map]
 pub static BINDINGS_V4: HashMap<BindingKey<V4>, BindingTarget<V4>> =
-    HashMap::with_max_entries(MAX_BINDING_KEYS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
 #[map]
 pub static BINDINGS_V6: HashMap<BindingKey<V6>, BindingTarget<V6>> =
-    HashMap::with_max_entries(MAX_BINDING_KEYS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_BINDINGS, BPF_F_NO_PREALLOC);
+
+/// The host's own addresses, for wildcard bindings. Not preallocated, for the same reason.
+#[map]
+pub static LOCAL_ADDRS_V4: HashMap<Addr<V4>, u8> =
+    HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
+#[map]
+pub static LOCAL_ADDRS_V6: HashMap<Addr<V6>, u8> =
+    HashMap::with_max_entries(MAX_LOCAL_ADDRS, BPF_F_NO_PREALLOC);
 
 /// Translated TCP connections, keyed as the container's replies look. Each CPU keeps its own
 /// LRU list: with one list shared by all, a CPU takes 128 free entries at a time under a global

@@ -42,8 +42,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// What is published, with counter slots.
     published: Vec<Published>,
-    /// The host's addresses: the local ones wildcard bindings are expanded to, and each
-    /// bridge's own, which hairpinned connections get as source.
+    /// The host's addresses: the local ones wildcard bindings match, and each bridge's own,
+    /// which hairpinned connections get as source.
     addrs: HostAddrs,
     /// Bridges bindings send to, each with `tc_reply` once attached.
     bridges: Vec<Interface>,
@@ -65,9 +65,9 @@ pub struct Dataplane {
 struct Entries {
     v4: KeyMap<4>,
     v6: KeyMap<16>,
-    /// Whether two bindings want one key (a specific one over a wildcard's, which the planner
-    /// refuses but the maps define): removing one must then recompute what the other gets.
-    shadowed: bool,
+    /// Whether two bindings want one key (which the planner refuses): removing one must then
+    /// recompute what the other gets.
+    shared: bool,
 }
 
 /// How long an idle flow is remembered, by kind.
@@ -168,25 +168,27 @@ pub struct Published {
 type KeyMap<const N: usize> =
     StdHashMap<BindingKey<N>, BindingTarget<N>, foldhash::fast::FixedState>;
 
-/// The kernel's binding entries of one family (`N` is its address length) for `published`: a
-/// specific binding is one key, a wildcard one key per local address of its family, except
-/// where a specific binding holds that address and port (the planner refuses such overlaps, as
-/// Docker does; should one get here, the specific one wins, as an exact lookup would have it).
-pub fn binding_entries<const N: usize>(
-    published: &[Published],
-    local_addrs: &[IpAddr],
-) -> KeyMap<N> {
-    let entry_of = |published: &Published, addr: [u8; N]| {
+/// The kernel's binding entries of one family (`N` is its address length) for `published`: one
+/// key per binding, a wildcard's with the all-zero address. Should two bindings want one key
+/// (the planner refuses that, as Docker does), the one published last has it.
+pub fn binding_entries<const N: usize>(published: &[Published]) -> KeyMap<N> {
+    let mut entries =
+        KeyMap::with_capacity_and_hasher(published.len(), foldhash::fast::FixedState::default());
+    for published in published {
         let Binding {
-            host_ip: _,
+            host_ip,
             host_port,
             proto,
             container,
             origin: _,
         } = &published.binding;
-        let container_ip = octets::<N>(container.ip()).expect("filtered on the family");
-        (
-            BindingKey::new(addr, *host_port, proto.number()),
+        let Some(container_ip) = octets::<N>(container.ip()) else {
+            continue;
+        };
+        let host_addr = host_ip.map_or(Some([0; N]), octets::<N>);
+        let host_addr = host_addr.expect("the planner keeps one family per binding");
+        entries.insert(
+            BindingKey::new(host_addr, *host_port, proto.number()),
             BindingTarget::new(
                 container_ip,
                 container.port(),
@@ -194,49 +196,18 @@ pub fn binding_entries<const N: usize>(
                 published.bridge.index,
                 published.generation,
             ),
-        )
-    };
-    let of_family = published
-        .iter()
-        .filter(|p| octets::<N>(p.binding.container.ip()).is_some());
-    let (specific, wildcard): (Vec<&Published>, Vec<&Published>) =
-        of_family.partition(|p| p.binding.host_ip.is_some());
-    let local: Vec<[u8; N]> = local_addrs.iter().filter_map(|a| octets::<N>(*a)).collect();
-    let mut entries = KeyMap::with_capacity_and_hasher(
-        wildcard.len() * local.len() + specific.len(),
-        foldhash::fast::FixedState::default(),
-    );
-    for published in wildcard {
-        entries.extend(local.iter().map(|addr| entry_of(published, *addr)));
-    }
-    // Inserted last, so a specific binding replaces a wildcard's key for its address.
-    for published in specific {
-        let host_ip = published.binding.host_ip.expect("partitioned on host_ip");
-        let addr = octets::<N>(host_ip).expect("the planner keeps one family per binding");
-        let (key, value) = entry_of(published, addr);
-        entries.insert(key, value);
+        );
     }
     entries
 }
 
-/// How many keys `published` would take if none shared one: a specific binding one, a
-/// wildcard one per local address of its family.
-fn key_count(published: &[Published], local_addrs: &[IpAddr]) -> usize {
-    let (v4, v6) = local_addrs.iter().fold((0, 0), |(v4, v6), a| {
-        if a.is_ipv4() {
-            (v4 + 1, v6)
-        } else {
-            (v4, v6 + 1)
-        }
-    });
+/// How many of `published` are of the family whose addresses are `N` bytes long: the keys they
+/// take if none shares one.
+fn key_count<const N: usize>(published: &[Published]) -> usize {
     published
         .iter()
-        .map(|p| match (p.binding.host_ip, p.binding.is_ipv6()) {
-            (Some(_), _) => 1,
-            (None, false) => v4,
-            (None, true) => v6,
-        })
-        .sum()
+        .filter(|p| octets::<N>(p.binding.container.ip()).is_some())
+        .count()
 }
 
 /// The bytes of `ip` if it is of the family whose addresses are `N` bytes long.
@@ -396,7 +367,7 @@ impl Dataplane {
     }
 
     /// Publishes `bindings` toward `bridge`, all or nothing: the first publication of a
-    /// dataplane. Wildcard bindings cover the local addresses of the last
+    /// dataplane. Wildcard bindings match the local addresses of the last
     /// [`Dataplane::set_host_addrs`].
     ///
     /// # Errors
@@ -526,21 +497,75 @@ impl Dataplane {
         &self.published
     }
 
-    /// Takes in the host's addresses: wildcard bindings cover its local ones (only the kernel
-    /// entries that change are written), and each served bridge's own are what hairpinned
-    /// connections get as source.
+    /// Takes in the host's addresses: wildcard bindings match its local ones (only those that
+    /// come or go are written), and each served bridge's own are what hairpinned connections get
+    /// as source.
     ///
     /// # Errors
     ///
     /// When a map write fails; the previous addresses then stay in force.
     pub fn set_host_addrs(&mut self, addrs: HostAddrs) -> anyhow::Result<()> {
-        let published = std::mem::take(&mut self.published);
-        let applied = self.apply_all(&published, &addrs.local());
-        self.published = published;
-        applied?;
+        let (before, after) = (self.addrs.local(), addrs.local());
+        self.apply_local::<4>(names::LOCAL_ADDRS_V4, &before, &after)?;
+        if let Err(error) = self.apply_local::<16>(names::LOCAL_ADDRS_V6, &before, &after) {
+            let _ = self.apply_local::<4>(names::LOCAL_ADDRS_V4, &after, &before);
+            return Err(error);
+        }
         self.addrs = addrs;
         for bridge in self.bridges.clone() {
             self.describe_bridge(&bridge)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the local-address map `name` of one family from `before` to `after`; on a failed
+    /// write, what was written is undone.
+    fn apply_local<const N: usize>(
+        &mut self,
+        name: &str,
+        before: &[IpAddr],
+        after: &[IpAddr],
+    ) -> anyhow::Result<()>
+    where
+        Addr<N>: aya::Pod,
+    {
+        let of_family = |list: &[IpAddr]| -> std::collections::HashSet<IpAddr> {
+            list.iter()
+                .copied()
+                .filter(|ip| octets::<N>(*ip).is_some())
+                .collect()
+        };
+        let (before, after) = (of_family(before), of_family(after));
+        let mut map: HashMap<_, Addr<N>, u8> = typed(self.ebpf.map_mut(name), name)?;
+        let key = |ip: IpAddr| Addr(octets::<N>(ip).expect("filtered on the family"));
+        let mut done: Vec<(IpAddr, bool)> = Vec::new();
+        let changes = after
+            .difference(&before)
+            .map(|ip| (*ip, true))
+            .chain(before.difference(&after).map(|ip| (*ip, false)));
+        for (ip, added) in changes {
+            let written = if added {
+                map.insert(key(ip), 1, 0)
+            } else {
+                map.remove(&key(ip))
+            };
+            if let Err(error) = written {
+                for (ip, added) in done {
+                    let _ = if added {
+                        map.remove(&key(ip))
+                    } else {
+                        map.insert(key(ip), 1, 0)
+                    };
+                }
+                let what = if added { "adding" } else { "removing" };
+                return Err(anyhow!(error)).with_context(|| {
+                    format!(
+                        "{what} local address {ip} in {name} ({} addresses of the family)",
+                        after.len()
+                    )
+                });
+            }
+            done.push((ip, added));
         }
         Ok(())
     }
@@ -563,19 +588,16 @@ impl Dataplane {
     /// Writes the entries of `added` (published beside what is) and nothing else, unless one of
     /// their keys is taken already: then every entry is recomputed.
     fn apply_added(&mut self, added: &[Published]) -> anyhow::Result<()> {
-        let local = self.addrs.local();
-        let (new4, new6) = (
-            binding_entries::<4>(added, &local),
-            binding_entries::<16>(added, &local),
-        );
+        let (new4, new6) = (binding_entries::<4>(added), binding_entries::<16>(added));
         let taken = new4.keys().any(|k| self.entries.v4.contains_key(k))
             || new6.keys().any(|k| self.entries.v6.contains_key(k))
-            || new4.len() + new6.len() != key_count(added, &local);
+            || new4.len() != key_count::<4>(added)
+            || new6.len() != key_count::<16>(added);
         if taken {
             let mut all = std::mem::take(&mut self.published);
             let before = all.len();
             all.extend(added.iter().cloned());
-            let applied = self.apply_all(&all, &local);
+            let applied = self.apply_all(&all);
             all.truncate(before);
             self.published = all;
             return applied;
@@ -586,16 +608,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Deletes the entries of `removed`, unless a key of theirs shadows another binding's:
-    /// then every entry `kept` wants is recomputed.
+    /// Deletes the entries of `removed`, unless two bindings share a key: then every entry
+    /// `kept` wants is recomputed.
     fn apply_removed(&mut self, removed: &[Published], kept: &[Published]) -> anyhow::Result<()> {
-        let local = self.addrs.local();
-        if self.entries.shadowed {
-            return self.apply_all(kept, &local);
+        if self.entries.shared {
+            return self.apply_all(kept);
         }
         let (old4, old6) = (
-            binding_entries::<4>(removed, &local),
-            binding_entries::<16>(removed, &local),
+            binding_entries::<4>(removed),
+            binding_entries::<16>(removed),
         );
         self.apply_both(&old4, &KeyMap::default(), &old6, &KeyMap::default())?;
         for key in old4.keys() {
@@ -607,11 +628,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Moves both binding maps to what `published` wants over `local`, every entry computed.
-    fn apply_all(&mut self, published: &[Published], local: &[IpAddr]) -> anyhow::Result<()> {
+    /// Moves both binding maps to what `published` wants, every entry computed.
+    fn apply_all(&mut self, published: &[Published]) -> anyhow::Result<()> {
         let (new4, new6) = (
-            binding_entries::<4>(published, local),
-            binding_entries::<16>(published, local),
+            binding_entries::<4>(published),
+            binding_entries::<16>(published),
         );
         let (old4, old6) = (
             std::mem::take(&mut self.entries.v4),
@@ -622,7 +643,8 @@ impl Dataplane {
             self.entries.v6 = old6;
             return Err(error);
         }
-        self.entries.shadowed = new4.len() + new6.len() != key_count(published, local);
+        self.entries.shared =
+            new4.len() != key_count::<4>(published) || new6.len() != key_count::<16>(published);
         self.entries.v4 = new4;
         self.entries.v6 = new6;
         Ok(())
