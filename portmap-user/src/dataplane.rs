@@ -457,6 +457,7 @@ impl Dataplane {
         // Only the removed move; the rest stay where they are (10,000 moves cost a removal more
         // than its map writes).
         let mut kept = std::mem::take(&mut self.published);
+        let ids: std::collections::HashSet<u32> = ids.iter().copied().collect();
         let removed: Vec<Published> = kept.extract_if(.., |p| ids.contains(&p.id)).collect();
         let applied = self.apply_removed(&removed, &kept);
         self.published = kept;
