@@ -302,6 +302,55 @@ fn time_wait_on(port: u16) -> bool {
     })
 }
 
+// A bulk add over bindings on every address and on one: without --replace the first new binding
+// that overlaps is named and nothing changes; with it, every binding overlapped goes, and the
+// new ones answer.
+#[test]
+fn live_bulk_add_names_its_first_overlap_and_replace_displaces_every_one() {
+    let on_host = format!("{HOST_IP}:9090:80=172.17.0.2");
+    let (net, instance, _servers) = setup(&["8080:80=172.17.0.2", &on_host]);
+    let specific_8080 = format!("{HOST_IP}:8080:80=172.17.0.3");
+    let specs = ["7000:80=172.17.0.3", &specific_8080, "9090:80=172.17.0.3"];
+    let before = stdout(&ctl(&net, &instance, &["ls"]));
+
+    let mut add = vec!["add"];
+    add.extend(specs);
+    let conflict = ctl(&net, &instance, &add);
+    assert_eq!(conflict.status.code(), Some(2), "{}", stderr(&conflict));
+    let expected = format!(
+        r#"host port 8080/tcp is published twice: by "8080:80=172.17.0.2" and by "{specific_8080}""#
+    );
+    assert!(
+        stderr(&conflict).contains(&expected),
+        "{}",
+        stderr(&conflict)
+    );
+    assert_eq!(
+        stdout(&ctl(&net, &instance, &["ls"])),
+        before,
+        "nothing changed"
+    );
+
+    add.insert(1, "--replace");
+    let replaced = ctl(&net, &instance, &add);
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+    let listed = stdout(&ctl(&net, &instance, &["ls"]));
+    assert!(
+        !listed.contains("172.17.0.2:"),
+        "both overlapped bindings are gone:\n{listed}"
+    );
+    for port in [7000, 8080, 9090] {
+        let answer = net
+            .client
+            .run(|| servers::tcp_ask(None, SocketAddrV4::new(HOST_IP, port)));
+        assert_eq!(
+            answer.expect("a new binding answers").server,
+            "c2",
+            "port {port}"
+        );
+    }
+}
+
 // Conflicts and unknown selectors are refused whole, naming what is wrong.
 #[test]
 fn live_conflicting_add_and_unknown_rm_change_nothing() {

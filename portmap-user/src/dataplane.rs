@@ -457,8 +457,12 @@ impl Dataplane {
         // Only the removed move; the rest stay where they are (10,000 moves cost a removal more
         // than its map writes).
         let mut kept = std::mem::take(&mut self.published);
-        let ids: std::collections::HashSet<u32> = ids.iter().copied().collect();
-        let removed: Vec<Published> = kept.extract_if(.., |p| ids.contains(&p.id)).collect();
+        // Sorted and searched: as cheap as a scan for one id, and no pairwise walk for many.
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        let removed: Vec<Published> = kept
+            .extract_if(.., |p| ids.binary_search(&p.id).is_ok())
+            .collect();
         let applied = self.apply_removed(&removed, &kept);
         self.published = kept;
         if let Err(error) = applied {

@@ -1,10 +1,7 @@
 //! A running instance: the dataplane, what it publishes and where each binding came from, and
 //! the reservations that hold the host ports. Every change applies completely or not at all.
 
-use std::{
-    collections::{HashMap, HashSet},
-    str::FromStr as _,
-};
+use std::{collections::HashMap, str::FromStr as _};
 
 use anyhow::anyhow;
 
@@ -276,26 +273,30 @@ impl Instance {
         bridge: &Interface,
         publication: &Publication,
     ) -> Result<Vec<Published>, Refused> {
-        // Which live binding each new one overlaps, in one pass over each side: the new ones
-        // indexed by what an overlap needs equal (10,000 new against 10,000 live would be 10^8
-        // comparisons pairwise).
-        let mut by_port: HashMap<(Proto, u16, bool), Vec<usize>> = HashMap::new();
-        for (j, new) in bindings.iter().enumerate() {
-            by_port
-                .entry((new.proto, new.host_port, new.is_ipv6()))
-                .or_default()
-                .push(j);
-        }
+        // Which live binding each new one overlaps. Most live bindings are on ports no new one
+        // wants, and a bitmap of the new ports skips each of those with one bit test; the rest
+        // are looked up among the new ones sorted by what an overlap needs equal. (Pairwise,
+        // 10,000 new against 10,000 live would be 10^8 comparisons.)
+        let mut new_ports = PortSet::default();
+        let mut news: Vec<(OverlapKey, usize)> = bindings
+            .iter()
+            .enumerate()
+            .map(|(j, new)| {
+                new_ports.insert(new.host_port);
+                (overlap_key(new), j)
+            })
+            .collect();
+        news.sort_unstable();
         let mut overlaps: Vec<(usize, usize)> = Vec::new();
         for (i, live) in self.live.iter().enumerate() {
             let old = &live.published.binding;
-            let Some(news) = by_port.get(&(old.proto, old.host_port, old.is_ipv6())) else {
+            if !new_ports.contains(old.host_port) {
                 continue;
-            };
+            }
             overlaps.extend(
-                news.iter()
-                    .filter(|&&j| old.overlaps(&bindings[j]))
-                    .map(|&j| (j, i)),
+                sorted_equal(&news, &overlap_key(old))
+                    .filter(|&j| old.overlaps(&bindings[j]))
+                    .map(|j| (j, i)),
             );
         }
         if !publication.replace
@@ -428,24 +429,20 @@ impl Instance {
             .map(|text| HostSelector::from_str(text))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Refused::BadInput(e.into()))?;
-        // One pass over what is published, the selectors indexed by port: removing 10,000
-        // bindings by name from 20,000 would be 2 * 10^8 matches pairwise.
-        let mut by_port: HashMap<(u16, Proto), Vec<usize>> = HashMap::new();
-        for (k, selector) in parsed.iter().enumerate() {
-            by_port
-                .entry((selector.host_port, selector.proto))
-                .or_default()
-                .push(k);
-        }
+        // One pass over what is published, the selectors sorted by port to be looked up: 10,000
+        // selectors against 20,000 bindings would be 2 * 10^8 matches pairwise.
+        let mut by_port: Vec<((u16, Proto), usize)> = parsed
+            .iter()
+            .enumerate()
+            .map(|(k, selector)| ((selector.host_port, selector.proto), k))
+            .collect();
+        by_port.sort_unstable();
         let mut matched = vec![false; parsed.len()];
         let mut ids = Vec::new();
         for published in self.published() {
             let binding = &published.binding;
-            let Some(named_by) = by_port.get(&(binding.host_port, binding.proto)) else {
-                continue;
-            };
             let mut named = false;
-            for &k in named_by {
+            for k in sorted_equal(&by_port, &(binding.host_port, binding.proto)) {
                 if parsed[k].matches(binding) {
                     matched[k] = true;
                     named = true;
@@ -488,10 +485,11 @@ impl Instance {
             return Ok(Vec::new());
         }
         self.dataplane.remove(ids).map_err(Refused::Runtime)?;
-        let ids: HashSet<u32> = ids.iter().copied().collect();
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
         let gone: Vec<Box<Live>> = self
             .live
-            .extract_if(.., |live| ids.contains(&live.published.id))
+            .extract_if(.., |live| ids.binary_search(&live.published.id).is_ok())
             .collect();
         // The withdrawn bindings' flows are dead already (their generation is gone); the
         // periodic expiry deletes them, so a removal does not wait on a walk of the flow table.
@@ -554,6 +552,44 @@ impl Instance {
             ..Response::default()
         })
     }
+}
+
+/// A set of host ports, a bit each.
+struct PortSet(Vec<u64>);
+
+impl Default for PortSet {
+    fn default() -> Self {
+        Self(vec![0; 1 << 10])
+    }
+}
+
+impl PortSet {
+    fn insert(&mut self, port: u16) {
+        self.0[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        self.0[usize::from(port >> 6)] & 1 << (port & 63) != 0
+    }
+}
+
+/// What two bindings must share to overlap: protocol, port and family.
+type OverlapKey = (Proto, u16, bool);
+
+fn overlap_key(binding: &Binding) -> OverlapKey {
+    (binding.proto, binding.host_port, binding.is_ipv6())
+}
+
+/// The indices paired with `key` in `sorted`, which is sorted by key.
+fn sorted_equal<'a, K: Ord>(
+    sorted: &'a [(K, usize)],
+    key: &'a K,
+) -> impl Iterator<Item = usize> + 'a {
+    let start = sorted.partition_point(|(k, _)| k < key);
+    sorted[start..]
+        .iter()
+        .take_while(move |(k, _)| k == key)
+        .map(|&(_, index)| index)
 }
 
 /// A binding as `ls` reports it.
