@@ -31,8 +31,8 @@ pub fn binding<const N: usize, F: Family<N>>(
         addr: Addr::default(),
         ..*key
     };
-    // The wildcard first: most destinations without a specific binding have none at all, and
-    // this way they cost one lookup less.
+    // The wildcard's key before the address check: most destinations without a specific
+    // binding have no binding at all, and this way they cost one lookup less.
     let binding = unsafe { F::bindings().get(wildcard) }?;
     unsafe { F::local_addrs().get(key.addr) }.map(|_| binding)
 }
