@@ -1120,9 +1120,10 @@ fn wildcard_follows_local_addrs_case(n: &Net) {
 }
 
 /// More local addresses than the map holds are refused, naming the map, and the addresses
-/// before stay in force, none of the new ones half-written.
+/// before stay in force, none of the new ones half-written. As many as it holds replace the
+/// old ones whole: the old go before the new come.
 #[test]
-fn s10_xdp_v6_more_local_addrs_than_the_map_holds_change_nothing() {
+fn s10_xdp_v6_local_addrs_up_to_what_the_map_holds() {
     let n = &NET6;
     let mut dp = dataplane(&[format!("8080:80={}", n.c1)]);
     let many: Vec<IpAddr> = (0..=MAX_LOCAL_ADDRS)
@@ -1131,18 +1132,30 @@ fn s10_xdp_v6_more_local_addrs_than_the_map_holds_change_nothing() {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xfff, 0, 0, 0, 1, i))
         })
         .collect();
+    let translated = |dp: &mut Dataplane, dst: IpAddr| {
+        let syn = Pkt::tcp_syn(n.client, at(dst, 8080));
+        let ran = xdp(dp, &syn.frame());
+        if ran.frame == syn.frame() {
+            return false;
+        }
+        assert_rewritten(&ran.frame, &syn.with_dst(at(n.c1, 80)), &format!("{dst}"));
+        true
+    };
+
     let error = dp.set_local_addrs(&many).expect_err("one address too many");
     assert!(
         format!("{error:#}").contains("LOCAL_ADDRS_V6"),
         "the error names the map: {error:#}"
     );
-    let syn = Pkt::tcp_syn(n.client, at(n.host, 8080));
-    let ran = xdp(&mut dp, &syn.frame());
-    assert_rewritten(&ran.frame, &syn.with_dst(at(n.c1, 80)), "still local");
-    for dst in many {
-        let frame = Pkt::tcp_syn(n.client, at(dst, 8080)).frame();
-        assert_untouched(&xdp(&mut dp, &frame), &frame, XDP_PASS, &format!("{dst}"));
+    assert!(translated(&mut dp, n.host), "the old addresses stay");
+    for &dst in &many {
+        assert!(!translated(&mut dp, dst), "{dst} was not written");
     }
+
+    let fits = &many[..MAX_LOCAL_ADDRS as usize];
+    dp.set_local_addrs(fits).expect("as many as the map holds");
+    assert!(!translated(&mut dp, n.host), "the old addresses are gone");
+    assert!(translated(&mut dp, fits[0]) && translated(&mut dp, fits[fits.len() - 1]));
 }
 
 #[test]

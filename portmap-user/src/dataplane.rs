@@ -24,7 +24,8 @@ use aya::{
 };
 use portmap_common::{
     Addr, BindingKey, BindingStats, BindingTarget, BridgeAddrs, FlowKey, FlowKeyV4, FlowKeyV6,
-    FlowState, FlowV4, FlowV6, MAX_BINDINGS, MAX_TCP_FLOWS, Reason, globals, names, programs,
+    FlowState, FlowV4, FlowV6, MAX_BINDINGS, MAX_LOCAL_ADDRS, MAX_TCP_FLOWS, Reason, globals,
+    names, programs,
 };
 
 use crate::{
@@ -544,10 +545,12 @@ impl Dataplane {
         let mut map: HashMap<_, Addr<N>, u8> = typed(self.ebpf.map_mut(name), name)?;
         let key = |ip: IpAddr| Addr(octets::<N>(ip).expect("filtered on the family"));
         let mut done: Vec<(IpAddr, bool)> = Vec::new();
-        let changes = after
-            .difference(&before)
-            .map(|ip| (*ip, true))
-            .chain(before.difference(&after).map(|ip| (*ip, false)));
+        // Those gone first: no address that stays is touched, and the map never holds both the
+        // old and the new addresses at once.
+        let changes = before
+            .difference(&after)
+            .map(|ip| (*ip, false))
+            .chain(after.difference(&before).map(|ip| (*ip, true)));
         for (ip, added) in changes {
             let written = if added {
                 map.insert(key(ip), 1, 0)
@@ -555,7 +558,8 @@ impl Dataplane {
                 map.remove(&key(ip))
             };
             if let Err(error) = written {
-                for (ip, added) in done {
+                // Backwards, so that the room the new addresses took is free again first.
+                for (ip, added) in done.into_iter().rev() {
                     let _ = if added {
                         map.remove(&key(ip))
                     } else {
@@ -565,7 +569,8 @@ impl Dataplane {
                 let what = if added { "adding" } else { "removing" };
                 return Err(anyhow!(error)).with_context(|| {
                     format!(
-                        "{what} local address {ip} in {name} ({} addresses of the family)",
+                        "{what} local address {ip} in {name} (the host has {} of the family, \
+                         the map room for {MAX_LOCAL_ADDRS})",
                         after.len()
                     )
                 });
